@@ -1,0 +1,35 @@
+# `make run` and `make test` each set up .venv on first use (and again when pyproject.toml changes).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Where the offline CPU wheel of torch lies on our machines; harmless where it does not exist.
+WHEELS ?= /opt/wheels
+PYTEST_ARGS ?=
+
+.PHONY: setup run test test-slow bench serve clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip || true
+	$(BIN)/python -m pip install --find-links $(WHEELS) "$(TORCH)"
+	$(BIN)/python -m pip install --find-links $(WHEELS) -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(BIN)/python main.py run workflows/default.json
+
+serve: setup
+	$(BIN)/python main.py
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 $(PYTEST_ARGS)
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,24 @@
+"""latentgraph entry point.
+
+    python main.py [server options]          serve the editor and the ComfyUI-compatible API
+    python main.py run WORKFLOW [options]    run a workflow headless (API/UI JSON or a PNG)
+
+Only argument dispatch lives here; the work is in graph/, nodes/ and server/.
+"""
+import sys
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:
+        from graph.cli import run_main
+        from nodes import folder_paths, load_registry
+
+        return run_main(argv[1:], registry_factory=load_registry, folder_paths=folder_paths)
+    from server.app import serve_main
+
+    return serve_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
