@@ -213,11 +213,16 @@ class PromptStore:
         self._changed()
         return self.get(prompt_id)
 
-    def find_by_idempotency_key(self, key: str) -> QueueItem | None:
+    def find_by_idempotency_key(self, key: str, request_hash: str | None = None) -> QueueItem | None:
+        """The item queued under `key`, or None. QueueError if it was queued with another body."""
         with self._lock:
-            row = self._db.execute(f"SELECT {_COLUMNS} FROM prompts WHERE idempotency_key=?",
-                                   (key,)).fetchone()
-        return _row_to_item(row) if row else None
+            row = self._db.execute(f"SELECT {_COLUMNS}, request_hash FROM prompts WHERE "
+                                   "idempotency_key=?", (key,)).fetchone()
+        if row is None:
+            return None
+        if request_hash is not None and row[-1] not in (None, request_hash):
+            raise QueueError(f"Idempotency-Key {key!r} was already used with a different request body")
+        return _row_to_item(row[:-1])
 
     def get(self, prompt_id: str) -> QueueItem | None:
         with self._lock:
