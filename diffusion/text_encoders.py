@@ -1,0 +1,400 @@
+"""The CLIP runtime object: text encoders of one checkpoint, prompt tokens in, conditioning out.
+
+What each architecture uses (ComfyUI 0.8 semantics: `comfy/sd1_clip.py`, `sd2_clip.py`, `sdxl_clip.py`):
+
+| arch         | towers (tokens key)      | default output                        | pad token |
+|--------------|--------------------------|---------------------------------------|-----------|
+| sd1          | CLIP-L ("l")             | last layer through final_layer_norm   | EOS 49407 |
+| sd2          | OpenCLIP-H ("h")         | penultimate layer, no final norm      | 0         |
+| sdxl         | CLIP-L ("l"), bigG ("g") | both penultimate, no final norm;      | L: EOS,   |
+|              |                          | concatenated on channels (768+1280)   | G: 0      |
+| sdxl_refiner | bigG ("g")               | penultimate, no final norm            | 0         |
+
+`set_last_layer(n)` (CLIPSetLastLayer) makes every tower return the raw output of layer n (-1 = last,
+Python indexing over the transformer layers, the same as transformers' `hidden_states[n]`). Only SD1's
+CLIP-L passes that hidden state through final_layer_norm (ComfyUI's `layer_norm_hidden_state=True`);
+so for SD1, n = -1 equals the default, while for SD2/SDXL n = -1 gives the un-normed last layer.
+An n beyond the number of layers (e.g. -24 on the 12-layer CLIP-L) falls back to the default "last"
+output (final-normed last layer), as ComfyUI does.
+
+Pooled output: the final-normed state at the first EOS token of the prompt's FIRST chunk (transformers
+and ComfyUI both pick the first position whose id is the EOS id; with SD1's EOS padding that is the
+real end of text), passed through `text_projection` where the file has one (bigG, OpenCLIP-H) and
+unchanged where it has none (SD1 CLIP-L). SDXL's pooled output is bigG's.
+
+Padding: ComfyUI's SD1 tokenizer pads chunks with EOS; the OpenCLIP tokenizers of SD2 and SDXL's bigG
+are built with `pad_with_end=False` and pad with id 0 (`sd2_clip.SD2ClipHTokenizer`,
+`sdxl_clip.SDXLClipGTokenizer`). The same pad token fills the empty prompt used for weighting.
+
+Prompt weights (COMPAT §1.6): all chunks are encoded in one batch; when any weight differs from 1, an
+empty prompt ([BOS, EOS, pad...]) is encoded alongside and each token whose weight w != 1 becomes
+(z - z_empty)·w + z_empty, position by position; chunks are then concatenated on the token axis.
+
+Precision: weights are stored in `dtype` (default fp16, what ComfyUI keeps text encoders in) and
+computed in float32 on CPU (half matmuls are very slow there) or in the storage dtype on CUDA.
+Outputs are CPU float32.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+
+import torch
+
+from diffusion.clip import ClipConfigError, ClipTextConfig, ClipTextModel, detect_layout
+
+log = logging.getLogger(__name__)
+
+ARCHES = ("sd1", "sd2", "sdxl", "sdxl_refiner")
+BOS, EOS = 49406, 49407
+DEFAULT_STORAGE_DTYPE = torch.float16
+# Keys real checkpoints carry that the networks do not use: HF's position_ids buffer (positions are
+# always 0..N-1) and open_clip's contrastive logit_scale.
+IGNORED_KEYS = ("text_model.embeddings.position_ids", "logit_scale")
+TEXT_ENCODER_KINDS = ("stable_diffusion", "sd1", "sd2", "sdxl", "sdxl_refiner")
+
+
+class TextEncoderError(ValueError):
+    """Text-encoder weights that cannot be loaded; the message names the prefix or file."""
+
+
+@dataclass(frozen=True)
+class TowerSpec:
+    """How one text transformer is used by an architecture."""
+
+    key: str  # tokens dict key, as ComfyUI names them: "l", "h", "g"
+    prefix: str  # where its weights sit in a single-file checkpoint
+    activation: str
+    default_layer: int | None  # None: last layer through the final norm; else raw hidden layer
+    norm_hidden: bool  # a selected hidden layer also goes through the final norm (SD1)
+    pad_token: int
+    embedding_key: str  # key of this tower's vectors in multi-encoder embedding files
+
+
+_L_SD1 = TowerSpec("l", "cond_stage_model.transformer.", "quick_gelu", None, True, EOS, "clip_l")
+_H_SD2 = TowerSpec("h", "cond_stage_model.model.", "gelu", -2, False, 0, "clip_h")
+_L_SDXL = TowerSpec("l", "conditioner.embedders.0.transformer.", "quick_gelu", -2, False, EOS, "clip_l")
+_G_SDXL = TowerSpec("g", "conditioner.embedders.1.model.", "gelu", -2, False, 0, "clip_g")
+TOWERS = {
+    "sd1": (_L_SD1,),
+    "sd2": (_H_SD2,),
+    "sdxl": (_L_SDXL, _G_SDXL),
+    "sdxl_refiner": (replace(_G_SDXL, prefix="conditioner.embedders.0.model."),),
+}
+POOLED_TOWER = {"sd1": "l", "sd2": "h", "sdxl": "g", "sdxl_refiner": "g"}
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def empty_tokens(pad_token: int, length: int = 77) -> list[int]:
+    """The empty prompt's ids: [BOS, EOS, pad, ...] of `length`."""
+    return ([BOS, EOS] + [pad_token] * max(0, length - 2))[:length]
+
+
+class CLIP:
+    """Text encoders of one model plus the prompt settings nodes change (clip skip)."""
+
+    def __init__(self, arch: str, encoders: dict[str, ClipTextModel], embedding_dirs=(), *,
+                 device=None, compute_dtype=None):
+        if arch not in TOWERS:
+            raise TextEncoderError(f"unknown CLIP architecture {arch!r}; expected one of {ARCHES}")
+        missing = [s.key for s in TOWERS[arch] if s.key not in encoders]
+        if missing:
+            raise TextEncoderError(f"{arch} CLIP needs text encoders {missing}, got {sorted(encoders)}")
+        self.arch = arch
+        self.specs = TOWERS[arch]
+        self.encoders = encoders
+        self.embedding_dirs = tuple(embedding_dirs)
+        self.load_device = torch.device(device) if device is not None else _default_device()
+        self.offload_device = torch.device("cpu")
+        self.dtype = next(iter(encoders.values())).token_embedding_weight.dtype
+        if compute_dtype is None:
+            compute_dtype = torch.float32 if self.load_device.type == "cpu" else self.dtype
+        self.compute_dtype = compute_dtype
+        self.layer_idx: int | None = None  # None: each tower's default output
+        self._lookups: dict[str, object] = {}
+
+    # --- node-facing API (docs/contracts.md) ---------------------------------------------------------
+
+    def clone(self) -> "CLIP":
+        """A CLIP sharing the networks (no weight copies) with its own settings."""
+        other = CLIP.__new__(CLIP)
+        other.__dict__.update(self.__dict__)
+        other._lookups = self._lookups  # embedding files found once serve every clone
+        return other
+
+    def set_last_layer(self, n: int) -> None:
+        """CLIPSetLastLayer: output layer n (-1 = last) for every tower; see the module docstring."""
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"set_last_layer expects an int such as -1 or -2, got {n!r}")
+        self.layer_idx = n
+
+    def tokenize(self, text: str) -> dict[str, list]:
+        """Prompt text -> {tower key: chunks of 77 (token, weight) pairs}."""
+        from diffusion.prompt_tokens import tokenize_weighted
+        from diffusion.tokenizer import get_tokenizer
+
+        tokenizer = get_tokenizer()
+        return {
+            spec.key: tokenize_weighted(text, tokenizer, self._embedding_lookup(spec),
+                                        chunk_len=self.encoders[spec.key].config.context_length,
+                                        pad_token=spec.pad_token)
+            for spec in self.specs
+        }
+
+    def encode_from_tokens(self, tokens: dict, return_pooled: bool = False):
+        """Tokens from `tokenize` -> cond [1, 77·k, D] (and pooled [1, P] if `return_pooled`)."""
+        outs = {}
+        for spec in self.specs:
+            if spec.key not in tokens:
+                raise TextEncoderError(f"{self.arch} CLIP needs tokens for {spec.key!r}, got keys {sorted(tokens)}")
+            outs[spec.key] = self._encode_weighted(spec, tokens[spec.key])
+        if len(self.specs) == 1:
+            cond = outs[self.specs[0].key][0]
+        else:  # SDXL: L and bigG side by side; a longer prompt on one side is cut to the shorter
+            conds = [outs[s.key][0] for s in self.specs]
+            n = min(c.shape[1] for c in conds)
+            cond = torch.cat([c[:, :n] for c in conds], dim=-1)
+        if return_pooled:
+            return cond, outs[POOLED_TOWER[self.arch]][1]
+        return cond
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Weights under their original single-file checkpoint keys (for saving)."""
+        return {spec.prefix + k: v for spec in self.specs for k, v in self.encoders[spec.key].state_dict().items()}
+
+    # --- internals -----------------------------------------------------------------------------------
+
+    def _embedding_lookup(self, spec: TowerSpec):
+        if spec.key not in self._lookups:
+            from diffusion.prompt_tokens import EmbeddingLookup
+
+            width = self.encoders[spec.key].config.width
+            self._lookups[spec.key] = EmbeddingLookup(self.embedding_dirs, width, spec.embedding_key)
+        return self._lookups[spec.key]
+
+    def _output_layer(self, spec: TowerSpec, layers: int) -> int | None:
+        n = spec.default_layer if self.layer_idx is None else self.layer_idx
+        if n is None or not -layers <= n < layers:
+            return None
+        return n
+
+    @torch.no_grad()
+    def _encode_weighted(self, spec: TowerSpec, chunks: list):
+        model = self.encoders[spec.key]
+        rows = [[tok for tok, _ in chunk] for chunk in chunks]
+        weights = [[float(w) for _, w in chunk] for chunk in chunks]
+        lengths = {len(r) for r in rows}
+        if len(lengths) > 1:
+            raise TextEncoderError(f"token chunks for {spec.key!r} differ in length: {sorted(lengths)}")
+        length = lengths.pop() if lengths else model.config.context_length
+        has_weights = any(w != 1.0 for row in weights for w in row)
+        if has_weights or not rows:
+            rows.append(empty_tokens(spec.pad_token, length))
+        z, pooled = self._run(spec, model, rows)
+        if not chunks:
+            return z, pooled
+        z_chunks = z[: len(chunks)]
+        if has_weights:
+            w = torch.tensor(weights, dtype=z.dtype)[..., None]
+            z_empty = z[-1:]
+            # Tokens of weight 1 are left untouched (not recomputed through the formula), as in ComfyUI.
+            z_chunks = torch.where(w != 1.0, (z_chunks - z_empty) * w + z_empty, z_chunks)
+        return z_chunks.reshape(1, -1, z_chunks.shape[-1]), pooled[:1]
+
+    def _run(self, spec: TowerSpec, model: ClipTextModel, rows: list[list]):
+        """Encode rows of tokens (ints or embedding vectors) -> (cond [B, N, D], pooled [B, P]) on CPU."""
+        device = self.load_device
+        width = model.config.width
+        ids = torch.zeros(len(rows), len(rows[0]), dtype=torch.long)
+        vectors = []  # (row, position, vector) for textual-inversion tokens
+        eos_index = torch.zeros(len(rows), dtype=torch.long)
+        for b, row in enumerate(rows):
+            eos_found = False
+            for j, tok in enumerate(row):
+                if isinstance(tok, torch.Tensor):
+                    vec = tok.reshape(-1)
+                    if vec.numel() != width:
+                        raise TextEncoderError(
+                            f"embedding vector at position {j} has {vec.numel()} values; the {spec.key!r} "
+                            f"text encoder needs {width}"
+                        )
+                    vectors.append((b, j, vec))
+                    continue
+                ids[b, j] = int(tok)
+                if int(tok) == EOS and not eos_found:
+                    eos_index[b], eos_found = j, True
+        self._move(model, device)
+        embeds = model.embed_tokens(ids.to(device), self.compute_dtype)
+        for b, j, vec in vectors:
+            embeds[b, j] = vec.to(device=device, dtype=self.compute_dtype)
+        out = model(embeds, eos_index, hidden_layer=self._output_layer(spec, model.config.layers))
+        if out.hidden is None:
+            z = out.last_hidden
+        else:
+            z = model.final_norm(out.hidden) if spec.norm_hidden else out.hidden
+        return z.float().cpu(), out.projected.float().cpu()
+
+    @staticmethod
+    def _move(model: ClipTextModel, device: torch.device) -> None:
+        if model.token_embedding_weight.device != device:
+            model.to(device)
+
+
+# --- construction ------------------------------------------------------------------------------------
+
+def text_model_from_state_dict(sd, activation: str, *, dtype=None, device="cpu", heads=None,
+                               where: str = "text encoder") -> ClipTextModel:
+    """Build a `ClipTextModel` from weights whose keys start at the text model (prefix stripped).
+
+    The tensors are cast to `dtype` (default fp16) and assigned without an extra copy where they
+    already have it. `where` names the source in error messages.
+    """
+    sd = {k: v for k, v in sd.items() if k not in IGNORED_KEYS}
+    try:
+        config = ClipTextConfig.from_state_dict(sd, activation=activation, heads=heads)
+    except (ClipConfigError, KeyError) as exc:
+        raise TextEncoderError(f"{where}: {exc}") from exc
+    with torch.device("meta"):
+        model = ClipTextModel(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if missing:
+        raise TextEncoderError(f"{where}: missing {len(missing)} weights, e.g. {missing[:3]}")
+    if unexpected:
+        log.warning("%s: ignoring %d unknown weights, e.g. %s", where, len(unexpected), unexpected[:3])
+    bad = [(k, tuple(sd[k].shape), s) for k, s in expected.items() if tuple(sd[k].shape) != s]
+    if bad:
+        k, got, want = bad[0]
+        raise TextEncoderError(f"{where}: weight {k} has shape {got}, expected {want} ({len(bad)} mismatched)")
+    dtype = dtype or DEFAULT_STORAGE_DTYPE
+    tensors = {k: sd[k].to(device=device, dtype=dtype) for k in expected}
+    model.load_state_dict(tensors, strict=True, assign=True)
+    return model.requires_grad_(False).eval()
+
+
+def _build(arch: str, tower_sds: dict[str, dict], embedding_dirs, dtype, device, compute_dtype, where):
+    device = torch.device(device) if device is not None else _default_device()
+    encoders = {
+        spec.key: text_model_from_state_dict(
+            tower_sds[spec.key], spec.activation, dtype=dtype, device=device,
+            where=f"{where} ({spec.key!r} text encoder)",
+        )
+        for spec in TOWERS[arch]
+    }
+    return CLIP(arch, encoders, embedding_dirs, device=device, compute_dtype=compute_dtype)
+
+
+def clip_from_state_dict(sd, arch: str, embedding_dirs=(), *, dtype=None, device=None, compute_dtype=None) -> CLIP:
+    """CLIP from a checkpoint's state dict with its ORIGINAL prefixes (`cond_stage_model.`, `conditioner.`).
+
+    `dtype`: storage dtype of the weights (default fp16, as ComfyUI); `device`: where they live and
+    run (default CUDA when present); `compute_dtype`: default float32 on CPU, storage dtype on CUDA.
+    """
+    if arch not in TOWERS:
+        raise TextEncoderError(f"unknown architecture {arch!r}; expected one of {ARCHES}")
+    tower_sds = {}
+    for spec in TOWERS[arch]:
+        sub = {k[len(spec.prefix):]: v for k, v in sd.items() if k.startswith(spec.prefix)}
+        if not sub:
+            raise TextEncoderError(f"{arch} checkpoint has no text encoder weights under {spec.prefix!r}")
+        tower_sds[spec.key] = sub
+    return _build(arch, tower_sds, embedding_dirs, dtype, device, compute_dtype, where=f"{arch} checkpoint")
+
+
+# --- separate text-encoder files --------------------------------------------------------------------
+
+_ROOT_KEYS = {"hf": "text_model.embeddings.token_embedding.weight", "open_clip": "token_embedding.weight"}
+
+
+def strip_to_text_model(sd, where: str = "text encoder") -> dict:
+    """Keys below whatever prefix a text-encoder file uses (``, `clip_l.transformer.`, ...)."""
+    for layout in ("hf", "open_clip"):
+        root = _ROOT_KEYS[layout]
+        for key in sd:
+            if key.endswith(root):
+                prefix = key[: -len(root)]
+                sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+                try:
+                    if detect_layout(sub) == layout:
+                        return sub
+                except ClipConfigError:
+                    continue
+    raise TextEncoderError(f"{where}: no CLIP text model found (no token embedding weights)")
+
+
+def _guess_single_arch(sd) -> str:
+    """Which architecture a lone text-encoder file serves under the `stable_diffusion` kind.
+
+    Like ComfyUI: a bigG-sized model (31+ layers) is the SDXL refiner's, an OpenCLIP model (open_clip
+    layout, or width 1024) is SD2's, anything else is SD1's CLIP-L.
+    """
+    cfg = ClipTextConfig.from_state_dict({k: v for k, v in sd.items() if k not in IGNORED_KEYS}, "gelu",
+                                         heads=1)
+    if cfg.layers >= 31:
+        return "sdxl_refiner"
+    if cfg.layout == "open_clip" or cfg.width == 1024:
+        return "sd2"
+    return "sd1"
+
+
+def clip_from_text_encoder_state_dicts(sds: list[dict], kind: str, embedding_dirs=(), *, dtype=None,
+                                       device=None, compute_dtype=None, names=None) -> CLIP:
+    """CLIP from separate text-encoder state dicts (HF `text_model.*` or open_clip layout, any prefix).
+
+    kind: "stable_diffusion" (one file; SD1 / SD2 / refiner guessed from its sizes), "sd1", "sd2",
+    "sdxl_refiner" (one file each) or "sdxl" (two files, CLIP-L and bigG in either order: the wider
+    one, else the deeper one, else the second, is bigG).
+    """
+    names = list(names) if names is not None else [f"text encoder {i + 1}" for i in range(len(sds))]
+    if kind not in TEXT_ENCODER_KINDS:
+        raise TextEncoderError(f"unknown text encoder type {kind!r}; expected one of {TEXT_ENCODER_KINDS}")
+    subs = [strip_to_text_model(sd, where=name) for sd, name in zip(sds, names)]
+    wanted = 2 if kind == "sdxl" else 1
+    if len(subs) != wanted:
+        raise TextEncoderError(f"text encoder type {kind!r} takes {wanted} file(s), got {len(subs)}: {names}")
+    if kind == "sdxl":
+        def size(i):
+            cfg = ClipTextConfig.from_state_dict({k: v for k, v in subs[i].items() if k not in IGNORED_KEYS},
+                                                 "gelu", heads=1)
+            return cfg.width, cfg.layers, i
+        g = max(range(2), key=size)
+        tower_sds = {"l": subs[1 - g], "g": subs[g]}
+        where = f"{names[1 - g]} + {names[g]}"
+        arch = "sdxl"
+    else:
+        arch = _guess_single_arch(subs[0]) if kind == "stable_diffusion" else kind
+        tower_sds = {TOWERS[arch][0].key: subs[0]}
+        where = names[0]
+    return _build(arch, tower_sds, embedding_dirs, dtype, device, compute_dtype, where=where)
+
+
+def _read_weights(path) -> dict:
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise TextEncoderError(f"text encoder file not found: {path}")
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt/truncated files raise many kinds of errors
+        raise TextEncoderError(f"cannot read text encoder file {path}: {exc}") from exc
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise TextEncoderError(f"text encoder file {path} does not hold a state dict")
+    return sd
+
+
+def load_text_encoders(paths, kind: str, embedding_dirs=(), *, dtype=None, device=None, compute_dtype=None) -> CLIP:
+    """CLIPLoader / DualCLIPLoader: read text-encoder files and build a CLIP (see the function above)."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    sds = [_read_weights(p) for p in paths]
+    return clip_from_text_encoder_state_dicts(sds, kind, embedding_dirs, dtype=dtype, device=device,
+                                              compute_dtype=compute_dtype, names=[os.fspath(p) for p in paths])
