@@ -1,0 +1,282 @@
+"""The Stable Diffusion UNet (SD1, SD2, SDXL, SDXL refiner), built from a `UNetConfig`.
+
+Module names follow the original CompVis/SGM single-file layout (`input_blocks.1.1.transformer_blocks
+.0.attn1.to_q.weight`, `middle_block`, `output_blocks`, `time_embed`, `label_emb`, `out`), so a
+checkpoint's `model.diffusion_model.*` tensors load with the prefix stripped and nothing renamed.
+
+Hooks:
+- `control`: ControlNet-style residuals, a dict with optional lists "input" (added to the output of
+  input block i, popped from the end), "middle" (added after the middle block) and "output" (added to
+  the skip connection each output block consumes). Entries may be None.
+- `transformer_options`: a dict passed down to every transformer block; "patches" -> {"attn1": [fn],
+  "attn2": [fn]} where fn(q, k, v, extra) -> (q, k, v) runs before attention, for model patches.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import attention
+from .config import UNetConfig
+
+
+def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding [N, dim]: cos of the frequencies first, then sin (the SD convention)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32,
+                                                           device=timesteps.device) / half)
+    args = timesteps.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def _norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
+    return nn.GroupNorm(32, channels, eps=eps)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int, emb_channels: int, out_channels: int):
+        super().__init__()
+        self.in_layers = nn.Sequential(_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        self.out_layers = nn.Sequential(_norm(out_channels), nn.SiLU(), nn.Dropout(0.0),
+                                        nn.Conv2d(out_channels, out_channels, 3, padding=1))
+        self.skip_connection = (nn.Identity() if channels == out_channels
+                                else nn.Conv2d(channels, out_channels, 1))
+
+    def forward(self, x, emb):
+        h = self.in_layers(x)
+        h = h + self.emb_layers(emb).to(h.dtype)[:, :, None, None]
+        return self.skip_connection(x) + self.out_layers(h)
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x, size=None):
+        # `size` is the next skip connection's spatial size, so odd latent sizes round-trip.
+        x = F.interpolate(x, size=size, mode="nearest") if size else F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return self.conv(x)
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, query_dim: int, context_dim: int | None, heads: int, dim_head: int):
+        super().__init__()
+        inner = heads * dim_head
+        context_dim = context_dim or query_dim
+        self.heads = heads
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(0.0))
+
+    def forward(self, x, context=None, patches=(), extra=None):
+        context = x if context is None else context
+        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
+        for fn in patches:
+            q, k, v = fn(q, k, v, extra)
+        return self.to_out(attention(q, k, v, self.heads))
+
+
+class GEGLU(nn.Module):
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, dim_out * 2)
+
+    def forward(self, x):
+        x, gate = self.proj(x).chunk(2, dim=-1)
+        return x * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int = 4):
+        super().__init__()
+        inner = dim * mult
+        self.net = nn.Sequential(GEGLU(dim, inner), nn.Dropout(0.0), nn.Linear(inner, dim))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, dim_head: int, context_dim: int):
+        super().__init__()
+        self.attn1 = CrossAttention(dim, None, heads, dim_head)
+        self.ff = FeedForward(dim)
+        self.attn2 = CrossAttention(dim, context_dim, heads, dim_head)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+
+    def forward(self, x, context, transformer_options):
+        patches = transformer_options.get("patches", {})
+        x = x + self.attn1(self.norm1(x), None, patches.get("attn1", ()), transformer_options)
+        x = x + self.attn2(self.norm2(x), context, patches.get("attn2", ()), transformer_options)
+        return x + self.ff(self.norm3(x))
+
+
+class SpatialTransformer(nn.Module):
+    def __init__(self, channels: int, heads: int, dim_head: int, depth: int, context_dim: int, use_linear: bool):
+        super().__init__()
+        inner = heads * dim_head
+        self.use_linear = use_linear
+        self.norm = _norm(channels, eps=1e-6)
+        if use_linear:
+            self.proj_in = nn.Linear(channels, inner)
+            self.proj_out = nn.Linear(inner, channels)
+        else:
+            self.proj_in = nn.Conv2d(channels, inner, 1)
+            self.proj_out = nn.Conv2d(inner, channels, 1)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(inner, heads, dim_head, context_dim) for _ in range(depth))
+
+    def forward(self, x, context, transformer_options):
+        b, c, h, w = x.shape
+        x_in = x
+        x = self.norm(x)
+        if not self.use_linear:
+            x = self.proj_in(x)
+        x = x.flatten(2).transpose(1, 2)  # [B, HW, C]
+        if self.use_linear:
+            x = self.proj_in(x)
+        for block in self.transformer_blocks:
+            x = block(x, context, transformer_options)
+        if self.use_linear:
+            x = self.proj_out(x)
+        x = x.transpose(1, 2).reshape(b, -1, h, w)
+        if not self.use_linear:
+            x = self.proj_out(x)
+        return x + x_in
+
+
+class TimestepBlock(nn.Sequential):
+    """A sequence of layers where each gets what it needs: time embedding, context, or neither."""
+
+    def forward(self, x, emb, context, transformer_options, output_size=None):
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context, transformer_options)
+            elif isinstance(layer, Upsample):
+                x = layer(x, output_size)
+            else:
+                x = layer(x)
+        return x
+
+
+class UNetModel(nn.Module):
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.config = cfg = config
+        mc, ted = cfg.model_channels, cfg.time_embed_dim
+        self.time_embed = nn.Sequential(nn.Linear(mc, ted), nn.SiLU(), nn.Linear(ted, ted))
+        if cfg.adm_in_channels is not None:
+            self.label_emb = nn.Sequential(nn.Sequential(
+                nn.Linear(cfg.adm_in_channels, ted), nn.SiLU(), nn.Linear(ted, ted)))
+
+        def transformer(ch, depth):
+            heads, dim_head = cfg.heads_for(ch)
+            return SpatialTransformer(ch, heads, dim_head, depth, cfg.context_dim, cfg.use_linear_in_transformer)
+
+        self.input_blocks = nn.ModuleList([TimestepBlock(nn.Conv2d(cfg.in_channels, mc, 3, padding=1))])
+        skip_channels = [mc]
+        ch = mc
+        depth_in = iter(cfg.transformer_depth)
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks[level]):
+                layers = [ResBlock(ch, ted, mult * mc)]
+                ch = mult * mc
+                depth = next(depth_in)
+                if depth:
+                    layers.append(transformer(ch, depth))
+                self.input_blocks.append(TimestepBlock(*layers))
+                skip_channels.append(ch)
+            if level != len(cfg.channel_mult) - 1:
+                self.input_blocks.append(TimestepBlock(Downsample(ch)))
+                skip_channels.append(ch)
+
+        middle = [ResBlock(ch, ted, ch)]
+        if cfg.transformer_depth_middle >= 0:
+            middle += [transformer(ch, cfg.transformer_depth_middle), ResBlock(ch, ted, ch)]
+        self.middle_block = TimestepBlock(*middle)
+
+        self.output_blocks = nn.ModuleList()
+        depth_out = iter(cfg.transformer_depth_output)
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks[level] + 1):
+                layers = [ResBlock(ch + skip_channels.pop(), ted, mc * mult)]
+                ch = mc * mult
+                depth = next(depth_out)
+                if depth:
+                    layers.append(transformer(ch, depth))
+                if level and i == cfg.num_res_blocks[level]:
+                    layers.append(Upsample(ch))
+                self.output_blocks.append(TimestepBlock(*layers))
+
+        self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(mc, cfg.out_channels, 3, padding=1))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.out[2].weight.dtype
+
+    def forward(self, x, timesteps, context, y=None, control=None, transformer_options=None):
+        cfg = self.config
+        if (y is None) != (cfg.adm_in_channels is None):
+            raise ValueError(f"{cfg.arch} UNet: y (pooled/size conditioning) must be "
+                             f"{'given' if cfg.adm_in_channels else 'None'}")
+        out_dtype = x.dtype
+        dtype = self.dtype
+        transformer_options = transformer_options or {}
+        x, context = x.to(dtype), context.to(dtype)
+        timesteps = torch.as_tensor(timesteps, device=x.device).reshape(-1).expand(x.shape[0])
+
+        emb = self.time_embed(timestep_embedding(timesteps, cfg.model_channels).to(dtype))
+        if y is not None:
+            emb = emb + self.label_emb(y.to(dtype))
+
+        control = control or {}
+        ctrl_in = list(control.get("input") or [])
+        ctrl_out = list(control.get("output") or [])
+
+        hs = []
+        h = x
+        for block in self.input_blocks:
+            h = block(h, emb, context, transformer_options)
+            if ctrl_in:
+                c = ctrl_in.pop()
+                if c is not None:
+                    h = h + c.to(h.dtype)
+            hs.append(h)
+
+        h = self.middle_block(h, emb, context, transformer_options)
+        for c in control.get("middle") or []:
+            if c is not None:
+                h = h + c.to(h.dtype)
+
+        for block in self.output_blocks:
+            skip = hs.pop()
+            if ctrl_out:
+                c = ctrl_out.pop()
+                if c is not None:
+                    skip = skip + c.to(skip.dtype)
+            h = torch.cat([h, skip], dim=1)
+            h = block(h, emb, context, transformer_options, hs[-1].shape[-2:] if hs else None)
+
+        return self.out(h).to(out_dtype)
