@@ -5,7 +5,7 @@ import mimetypes
 
 from aiohttp import web
 
-from graph.queue import ERROR, INTERRUPTED, PENDING, RUNNING, SUCCESS, QueueItem
+from graph.queue import ERROR, INTERRUPTED, PENDING, RUNNING, SUCCESS, QueueError, QueueItem
 
 from .errors import ApiError, json_response
 from .routing import RouteTable
@@ -147,3 +147,17 @@ async def cancel_job(request: web.Request):
         state.worker.interrupt(job_id)
         return json_response({"id": job_id, "status": "cancelling"})
     raise ApiError(409, f"job {job_id!r} is already {JOB_STATUS.get(item.state, item.state)}")
+
+
+@routes.post("/api/jobs/{job_id}/requeue", "Queue a finished (e.g. interrupted) job again under the same id")
+async def requeue_job(request: web.Request):
+    state = state_of(request)
+    job_id = request.match_info["job_id"]
+    item = state.store.get(job_id)
+    if item is None:
+        return json_response({"error": "Job not found"}, status=404)
+    try:
+        item = state.store.requeue(job_id)
+    except QueueError as e:
+        raise ApiError(409, str(e)) from None
+    return json_response({"id": job_id, "status": "pending", "number": item.as_tuple()[0]})

@@ -117,7 +117,24 @@ class SaveText:
         return {"ui": {"images": [{"filename": filename, "subfolder": "", "type": "output"}]}}
 
 
-NODES = {"Number": Number, "Add": Add, "Show": Show, "Steps": Steps, "Fail": Fail, "Block": Block,
+class Append:
+    """Output node that appends its value as a line to `path` (to count how often it ran)."""
+    CATEGORY = "test"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT",), "path": ("STRING",)}}
+
+    def run(self, value, path):
+        with open(path, "a") as f:
+            f.write(f"{value}\n")
+        return {"ui": {"value": [value]}}
+
+
+NODES = {"Append": Append, "Number": Number, "Add": Add, "Show": Show, "Steps": Steps, "Fail": Fail, "Block": Block,
          "SaveText": SaveText}
 
 
