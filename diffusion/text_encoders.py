@@ -30,9 +30,9 @@ Prompt weights (COMPAT §1.6): all chunks are encoded in one batch; when any wei
 empty prompt ([BOS, EOS, pad...]) is encoded alongside and each token whose weight w != 1 becomes
 (z - z_empty)·w + z_empty, position by position; chunks are then concatenated on the token axis.
 
-Precision: weights are stored in `dtype` (default fp16, what ComfyUI keeps text encoders in) and
-computed in float32 on CPU (half matmuls are very slow there) or in the storage dtype on CUDA.
-Outputs are CPU float32.
+Precision: weights are stored in `dtype` and computed in `compute_dtype`; the defaults come from
+`diffusion.memory.text_encoder_dtype` (fp16 storage, what ComfyUI keeps text encoders in; float32
+compute on CPU, where half matmuls are very slow; flags can change both). Outputs are CPU float32.
 """
 from __future__ import annotations
 
@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 ARCHES = ("sd1", "sd2", "sdxl", "sdxl_refiner")
 BOS, EOS = 49406, 49407
-DEFAULT_STORAGE_DTYPE = torch.float16
 # Keys real checkpoints carry that the networks do not use: HF's position_ids buffer (positions are
 # always 0..N-1) and open_clip's contrastive logit_scale.
 IGNORED_KEYS = ("text_model.embeddings.position_ids", "logit_scale")
@@ -86,7 +85,16 @@ POOLED_TOWER = {"sd1": "l", "sd2": "h", "sdxl": "g", "sdxl_refiner": "g"}
 
 
 def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from diffusion.memory import get_torch_device  # honours --cpu / device flags
+
+    return get_torch_device()
+
+
+def _default_dtypes(device) -> tuple[torch.dtype, torch.dtype]:
+    """(storage, compute) dtypes from the runtime settings (fp16 / fp32-on-CPU unless flags say otherwise)."""
+    from diffusion.memory import text_encoder_dtype
+
+    return text_encoder_dtype(device)
 
 
 def empty_tokens(pad_token: int, length: int = 77) -> list[int]:
@@ -111,9 +119,7 @@ class CLIP:
         self.load_device = torch.device(device) if device is not None else _default_device()
         self.offload_device = torch.device("cpu")
         self.dtype = next(iter(encoders.values())).token_embedding_weight.dtype
-        if compute_dtype is None:
-            compute_dtype = torch.float32 if self.load_device.type == "cpu" else self.dtype
-        self.compute_dtype = compute_dtype
+        self.compute_dtype = compute_dtype or _default_dtypes(self.load_device)[1]
         self.layer_idx: int | None = None  # None: each tower's default output
         self._lookups: dict[str, object] = {}
 
@@ -250,7 +256,7 @@ def text_model_from_state_dict(sd, activation: str, *, dtype=None, device="cpu",
                                where: str = "text encoder") -> ClipTextModel:
     """Build a `ClipTextModel` from weights whose keys start at the text model (prefix stripped).
 
-    The tensors are cast to `dtype` (default fp16) and assigned without an extra copy where they
+    The tensors are cast to `dtype` (default: `diffusion.memory.text_encoder_dtype`) and assigned without an extra copy where they
     already have it. `where` names the source in error messages.
     """
     sd = {k: v for k, v in sd.items() if k not in IGNORED_KEYS}
@@ -271,7 +277,7 @@ def text_model_from_state_dict(sd, activation: str, *, dtype=None, device="cpu",
     if bad:
         k, got, want = bad[0]
         raise TextEncoderError(f"{where}: weight {k} has shape {got}, expected {want} ({len(bad)} mismatched)")
-    dtype = dtype or DEFAULT_STORAGE_DTYPE
+    dtype = dtype or _default_dtypes(device)[0]
     tensors = {k: sd[k].to(device=device, dtype=dtype) for k in expected}
     model.load_state_dict(tensors, strict=True, assign=True)
     return model.requires_grad_(False).eval()
@@ -292,8 +298,8 @@ def _build(arch: str, tower_sds: dict[str, dict], embedding_dirs, dtype, device,
 def clip_from_state_dict(sd, arch: str, embedding_dirs=(), *, dtype=None, device=None, compute_dtype=None) -> CLIP:
     """CLIP from a checkpoint's state dict with its ORIGINAL prefixes (`cond_stage_model.`, `conditioner.`).
 
-    `dtype`: storage dtype of the weights (default fp16, as ComfyUI); `device`: where they live and
-    run (default CUDA when present); `compute_dtype`: default float32 on CPU, storage dtype on CUDA.
+    `dtype`: storage dtype of the weights, `device`: where they live and run, `compute_dtype`:
+    defaults from `diffusion.memory` (fp16 storage; CUDA when present; float32 compute on CPU).
     """
     if arch not in TOWERS:
         raise TextEncoderError(f"unknown architecture {arch!r}; expected one of {ARCHES}")
@@ -342,9 +348,10 @@ def _guess_single_arch(sd) -> str:
     return "sd1"
 
 
-def clip_from_text_encoder_state_dicts(sds: list[dict], kind: str, embedding_dirs=(), *, dtype=None,
+def clip_from_text_encoder_files(sds: list[dict], kind: str, embedding_dirs=(), *, dtype=None,
                                        device=None, compute_dtype=None, names=None) -> CLIP:
-    """CLIP from separate text-encoder state dicts (HF `text_model.*` or open_clip layout, any prefix).
+    """CLIP from the state dicts of separate text-encoder files (HF `text_model.*` or open_clip layout,
+    any prefix; the weights of `diffusion.checkpoint.load_text_encoders`).
 
     kind: "stable_diffusion" (one file; SD1 / SD2 / refiner guessed from its sizes), "sd1", "sd2",
     "sdxl_refiner" (one file each) or "sdxl" (two files, CLIP-L and bigG in either order: the wider
@@ -396,5 +403,5 @@ def load_text_encoders(paths, kind: str, embedding_dirs=(), *, dtype=None, devic
     """CLIPLoader / DualCLIPLoader: read text-encoder files and build a CLIP (see the function above)."""
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     sds = [_read_weights(p) for p in paths]
-    return clip_from_text_encoder_state_dicts(sds, kind, embedding_dirs, dtype=dtype, device=device,
+    return clip_from_text_encoder_files(sds, kind, embedding_dirs, dtype=dtype, device=device,
                                               compute_dtype=compute_dtype, names=[os.fspath(p) for p in paths])
