@@ -1,0 +1,497 @@
+"""The KL autoencoder ("first stage model") of SD1/SD2/SDXL and the `VAE` runtime object.
+
+Module names follow the original single-file checkpoint layout (the keys under `first_stage_model.`),
+so a state dict with that prefix stripped loads directly:
+
+    encoder.conv_in  encoder.down.{i}.block.{j}.{norm1,conv1,norm2,conv2,nin_shortcut}
+    encoder.down.{i}.downsample.conv  encoder.mid.{block_1,attn_1,block_2}  encoder.norm_out/conv_out
+    quant_conv  post_quant_conv
+    decoder.conv_in  decoder.mid.*  decoder.up.{i}.block.{j}.*  decoder.up.{i}.upsample.conv
+    decoder.norm_out/conv_out
+
+The sizes are read out of the keys and shapes (`detect_config`). Group-norm group count is not visible
+in the weights; the released architecture uses 32 and so do we unless told otherwise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffusion import tiling
+
+log = logging.getLogger(__name__)
+
+DOWNSCALE_RATIO = 8
+# Keys some VAE files carry that are not part of the network (training leftovers).
+_IGNORED_PREFIXES = ("loss.", "model_ema.")
+_ATTN_WEIGHTS = ("q", "k", "v", "proj_out")
+
+
+class VAEError(ValueError):
+    """A VAE state dict that does not fit the KL autoencoder architecture."""
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Sizes of a KL autoencoder. Defaults are the SD1/SD2/SDXL VAE."""
+
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    in_channels: int = 3
+    out_ch: int = 3
+    z_channels: int = 4
+    embed_dim: int = 4
+    norm_groups: int = 32
+
+    @property
+    def downscale_ratio(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+def _require(sd: dict, key: str) -> torch.Tensor:
+    if key not in sd:
+        raise VAEError(f"VAE state dict is missing key '{key}'")
+    return sd[key]
+
+
+def detect_config(sd: dict, norm_groups: int = 32) -> VAEConfig:
+    """Read the autoencoder sizes from a state dict (prefix already stripped)."""
+    conv_in = _require(sd, "encoder.conv_in.weight")
+    ch, in_channels = conv_in.shape[0], conv_in.shape[1]
+    levels = sorted({int(k.split(".")[2]) for k in sd if k.startswith("encoder.down.")})
+    if not levels or levels != list(range(len(levels))):
+        raise VAEError(f"VAE state dict has no usable 'encoder.down.N' levels (found {levels})")
+    ch_mult = []
+    for i in levels:
+        w = _require(sd, f"encoder.down.{i}.block.0.conv1.weight")
+        if w.shape[0] % ch:
+            raise VAEError(f"VAE weight 'encoder.down.{i}.block.0.conv1.weight' has {w.shape[0]} output "
+                           f"channels, not a multiple of the base width {ch}")
+        ch_mult.append(w.shape[0] // ch)
+    num_res_blocks = len({k.split(".")[4] for k in sd if k.startswith("encoder.down.0.block.")})
+    z2 = _require(sd, "encoder.conv_out.weight").shape[0]
+    embed2 = _require(sd, "quant_conv.weight").shape[0]
+    out_ch = _require(sd, "decoder.conv_out.weight").shape[0]
+    return VAEConfig(ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks,
+                     in_channels=in_channels, out_ch=out_ch, z_channels=z2 // 2,
+                     embed_dim=embed2 // 2, norm_groups=norm_groups)
+
+
+def _norm(channels: int, groups: int) -> nn.GroupNorm:
+    return nn.GroupNorm(groups, channels, eps=1e-6, affine=True)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, groups: int):
+        super().__init__()
+        self.norm1 = _norm(cin, groups)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2 = _norm(cout, groups)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.nin_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        if self.nin_shortcut is not None:
+            x = self.nin_shortcut(x)
+        return x + h
+
+
+_attention_fn = None
+
+
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Single-head attention over [B, N, C]; the project kernel when it exists, SDPA otherwise."""
+    global _attention_fn
+    if _attention_fn is None:
+        try:  # the shared kernel picks the backend (sdpa / xformers / sliced) at start-up
+            from diffusion.attention import attention as shared
+            _attention_fn = lambda q, k, v: shared(q, k, v, 1)  # noqa: E731
+        except ImportError:
+            return F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
+    return _attention_fn(q, k, v)
+
+
+class AttnBlock(nn.Module):
+    """Self-attention over all pixels, one head of width C, with 1x1 conv projections."""
+
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.norm = _norm(channels, groups)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        n = self.norm(x)
+        q, k, v = (p(n).flatten(2).transpose(1, 2) for p in (self.q, self.k, self.v))
+        out = _attention(q, k, v).transpose(1, 2).reshape(b, c, h, w)
+        return x + self.proj_out(out)
+
+
+class MidBlock(nn.Module):
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.block_1 = ResnetBlock(channels, channels, groups)
+        self.attn_1 = AttnBlock(channels, groups)
+        self.block_2 = ResnetBlock(channels, channels, groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block_2(self.attn_1(self.block_1(x)))
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Asymmetric padding (right/bottom only) as the original network was trained with.
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class Level(nn.Module):
+    """One resolution level: a list of resnet blocks plus an optional resampler (named like the keys)."""
+
+    def __init__(self, blocks: list[nn.Module]):
+        super().__init__()
+        self.block = nn.ModuleList(blocks)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        g = cfg.norm_groups
+        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
+        self.down = nn.ModuleList()
+        cin = cfg.ch
+        for i, mult in enumerate(cfg.ch_mult):
+            cout = cfg.ch * mult
+            level = Level([ResnetBlock(cin if j == 0 else cout, cout, g) for j in range(cfg.num_res_blocks)])
+            if i != len(cfg.ch_mult) - 1:
+                level.downsample = Downsample(cout)
+            self.down.append(level)
+            cin = cout
+        self.mid = MidBlock(cin, g)
+        self.norm_out = _norm(cin, g)
+        self.conv_out = nn.Conv2d(cin, 2 * cfg.z_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x)
+        for level in self.down:
+            for block in level.block:
+                h = block(h)
+            if hasattr(level, "downsample"):
+                h = level.downsample(h)
+        h = self.mid(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        g = cfg.norm_groups
+        cin = cfg.ch * cfg.ch_mult[-1]
+        self.conv_in = nn.Conv2d(cfg.z_channels, cin, 3, padding=1)
+        self.mid = MidBlock(cin, g)
+        levels: list[Level] = []
+        for i in reversed(range(len(cfg.ch_mult))):
+            cout = cfg.ch * cfg.ch_mult[i]
+            level = Level([ResnetBlock(cin if j == 0 else cout, cout, g) for j in range(cfg.num_res_blocks + 1)])
+            if i != 0:
+                level.upsample = Upsample(cout)
+            levels.insert(0, level)  # `up.{i}` is indexed by resolution level, run deepest first
+            cin = cout
+        self.up = nn.ModuleList(levels)
+        self.norm_out = _norm(cin, g)
+        self.conv_out = nn.Conv2d(cin, cfg.out_ch, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.mid(self.conv_in(z))
+        for level in reversed(self.up):
+            for block in level.block:
+                h = block(h)
+            if hasattr(level, "upsample"):
+                h = level.upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class AutoencoderKL(nn.Module):
+    """Encoder + decoder with the 1x1 quant convs between them and the latent space."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.config = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.quant_conv = nn.Conv2d(2 * cfg.z_channels, 2 * cfg.embed_dim, 1)
+        self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.z_channels, 1)
+
+    def encode_mode(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels in -1..1 [B,3,H,W] -> posterior mean (= mode of the diagonal Gaussian)."""
+        moments = self.quant_conv(self.encoder(x))
+        return moments[:, : self.config.embed_dim]
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents [B,embed_dim,h,w] -> pixels roughly in -1..1 [B,out_ch,8h,8w]."""
+        return self.decoder(self.post_quant_conv(z))
+
+    def conv_dtype(self) -> torch.dtype:
+        return self.quant_conv.weight.dtype
+
+
+def prepare_state_dict(sd: dict, cfg: VAEConfig, expected: dict[str, torch.Size]) -> dict:
+    """Check names and shapes against the network; reshape linear attention weights to 1x1 convs.
+
+    Some SD2/SDXL VAE files store the mid-block attention projections as [C, C] (linear) instead of
+    [C, C, 1, 1]; both are the same numbers.
+    """
+    out = {}
+    for key, tensor in sd.items():
+        if key.startswith(_IGNORED_PREFIXES):
+            continue
+        if key not in expected:
+            log.warning("VAE state dict: ignoring unexpected key '%s'", key)
+            continue
+        parts = key.split(".")
+        if (len(parts) >= 4 and parts[-3] == "attn_1" and parts[-2] in _ATTN_WEIGHTS
+                and parts[-1] == "weight" and tensor.ndim == 2):
+            tensor = tensor.reshape(*tensor.shape, 1, 1)
+        if tuple(tensor.shape) != tuple(expected[key]):
+            raise VAEError(f"VAE weight '{key}' has shape {list(tensor.shape)}, expected "
+                           f"{list(expected[key])} for the detected config {cfg}")
+        out[key] = tensor
+    missing = [k for k in expected if k not in out]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise VAEError(f"VAE state dict is missing key '{missing[0]}'{more}")
+    return out
+
+
+def _memory_module():
+    try:
+        from diffusion import memory
+        return memory
+    except ImportError:
+        return None
+
+
+def default_device() -> torch.device:
+    mem = _memory_module()
+    if mem is not None and hasattr(mem, "get_torch_device"):
+        return torch.device(mem.get_torch_device())
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """fp32 on CPU (half matmuls are very slow there); bf16 on CUDA when supported, else fp16."""
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes we may use on `device` now (CUDA: driver free + torch's cached; CPU: available RAM)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        stats = torch.cuda.memory_stats(device)
+        return free + stats.get("reserved_bytes.all.current", 0) - stats.get("active_bytes.all.current", 0)
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+class VAE:
+    """The VAE runtime object the nodes use (docs/contracts.md).
+
+    `decode`/`encode` take and return CPU float32 in the COMPAT §1.6 conventions; samples are in
+    unscaled VAE space. Work runs on `device` in `dtype` and falls back to fp32 when a half-precision
+    pass produces NaN/inf (the SD VAEs are known to overflow fp16 on some images).
+    """
+
+    downscale_ratio = DOWNSCALE_RATIO
+    # Tile and overlap in pixels used when a whole-image pass would not fit in memory.
+    fallback_tile = (512, 64)
+
+    def __init__(self, model: AutoencoderKL, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None):
+        self.device = torch.device(device) if device is not None else default_device()
+        self.dtype = dtype if dtype is not None else default_dtype(self.device)
+        self.model = model.eval().requires_grad_(False)
+        self.config = model.config
+        self.downscale_ratio = model.config.downscale_ratio
+        self.latent_channels = model.config.embed_dim
+        self._work: tuple[torch.dtype, AutoencoderKL] | None = None
+
+    @classmethod
+    def from_state_dict(cls, sd: dict, device=None, dtype=None, norm_groups: int = 32) -> "VAE":
+        """Build from original-layout keys (prefix `first_stage_model.` already stripped)."""
+        cfg = detect_config(sd, norm_groups=norm_groups)
+        if cfg.ch % norm_groups:
+            raise VAEError(f"VAE base width {cfg.ch} (encoder.conv_in) is not divisible by "
+                           f"norm_groups={norm_groups}")
+        with torch.device("meta"):
+            model = AutoencoderKL(cfg)
+        expected = {k: v.shape for k, v in model.state_dict().items()}
+        weights = prepare_state_dict(sd, cfg, expected)
+        # assign=True adopts the given tensors (e.g. memory-mapped safetensors) without a second copy.
+        model.load_state_dict(weights, strict=True, assign=True)
+        model.to(torch.float32)
+        return cls(model, device=device, dtype=dtype)
+
+    # ---- placement -------------------------------------------------------------------------------
+    def _working_model(self, dtype: torch.dtype) -> AutoencoderKL:
+        """The network on `device` in `dtype`; `self.model` stays the untouched float32 master copy.
+
+        A cast copy (not an in-place `.to`) so that falling back to fp32 gets the exact weights back.
+        """
+        if self.device.type == "cpu" and dtype == self.model.conv_dtype():
+            return self.model
+        if self._work is None or self._work[0] != dtype:
+            with torch.device("meta"):
+                work = AutoencoderKL(self.config)
+            weights = {k: v.to(self.device, dtype) for k, v in self.model.state_dict().items()}
+            work.load_state_dict(weights, assign=True)
+            self._work = (dtype, work.eval())
+        return self._work[1]
+
+    def _run(self, fn, x: torch.Tensor) -> torch.Tensor:
+        """Run `fn(model, x)` in the working dtype; redo in fp32 if half precision overflowed."""
+        with torch.inference_mode():
+            out = fn(self._working_model(self.dtype), x.to(self.device, self.dtype))
+            if self.dtype != torch.float32 and not torch.isfinite(out).all():
+                log.warning("VAE produced non-finite values in %s; using float32 from now on", self.dtype)
+                self.dtype = torch.float32
+                self._work = None
+                out = fn(self._working_model(torch.float32), x.to(self.device, torch.float32))
+        return out.to("cpu", torch.float32)
+
+    # ---- memory estimate -------------------------------------------------------------------------
+    def memory_per_sample(self, height: int, width: int, dtype: torch.dtype | None = None) -> int:
+        """Rough peak bytes to decode (or encode) one image of height x width pixels.
+
+        The peak is a few full-size activations at the widest level plus the mid-block attention
+        matrix at latent resolution (worst case: a kernel that materialises it).
+        """
+        cfg = self.config
+        elem = torch.finfo(dtype or self.dtype).bits // 8
+        widest = 0
+        for i, mult in enumerate(cfg.ch_mult):
+            deeper = cfg.ch_mult[i + 1] if i + 1 < len(cfg.ch_mult) else mult
+            pixels = (height >> i) * (width >> i)
+            widest = max(widest, cfg.ch * max(mult, deeper) * pixels)
+        tokens = (height // self.downscale_ratio) * (width // self.downscale_ratio)
+        return 5 * widest * elem + tokens * tokens * 4
+
+    def _batch_size(self, n: int, height: int, width: int) -> int:
+        per = self.memory_per_sample(height, width)
+        return max(1, min(n, int(free_memory(self.device) * 0.8) // max(per, 1)))
+
+    def _fits(self, height: int, width: int) -> bool:
+        return self.memory_per_sample(height, width) < free_memory(self.device) * 0.8
+
+    # ---- public API ------------------------------------------------------------------------------
+    def decode(self, samples: torch.Tensor) -> torch.Tensor:
+        """Latents [B,C,h,w] (unscaled) -> IMAGE [B,8h,8w,3] float32 0..1 on CPU."""
+        samples = self._check_latent(samples)
+        h, w = samples.shape[2] * self.downscale_ratio, samples.shape[3] * self.downscale_ratio
+        if not self._fits(h, w):
+            log.info("VAE decode of %dx%d does not fit in memory; decoding in tiles", w, h)
+            return self.decode_tiled(samples, *self.fallback_tile)
+        step = self._batch_size(samples.shape[0], h, w)
+        try:
+            pixels = torch.cat([self._run(AutoencoderKL.decode, chunk) for chunk in samples.split(step)])
+        except torch.OutOfMemoryError:
+            log.warning("VAE decode ran out of memory; retrying in tiles")
+            self._empty_cache()
+            return self.decode_tiled(samples, *self.fallback_tile)
+        return self._to_image(pixels)
+
+    def decode_tiled(self, samples: torch.Tensor, tile: int = 512, overlap: int = 64,
+                     progress=None) -> torch.Tensor:
+        """Decode in overlapping tiles of `tile` pixels (VAEDecodeTiled semantics), blending seams."""
+        samples = self._check_latent(samples)
+        r = self.downscale_ratio
+        tile_l, overlap_l = tiling.tile_params(tile, overlap, r, what="VAE decode tile")
+        pixels = tiling.tiled_map(samples, lambda t: self._run(AutoencoderKL.decode, t), tile_l, overlap_l,
+                                  up=r, down=1, out_channels=self.config.out_ch, progress=progress)
+        return self._to_image(pixels)
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        """IMAGE [B,H,W,C] 0..1 -> latents [B,C,H/8,W/8] (posterior mode, unscaled), float32 CPU."""
+        x = self._from_image(image)
+        h, w = x.shape[2], x.shape[3]
+        if not self._fits(h, w):
+            log.info("VAE encode of %dx%d does not fit in memory; encoding in tiles", w, h)
+            return self.encode_tiled(image, *self.fallback_tile)
+        step = self._batch_size(x.shape[0], h, w)
+        try:
+            return torch.cat([self._run(AutoencoderKL.encode_mode, chunk) for chunk in x.split(step)])
+        except torch.OutOfMemoryError:
+            log.warning("VAE encode ran out of memory; retrying in tiles")
+            self._empty_cache()
+            return self.encode_tiled(image, *self.fallback_tile)
+
+    def encode_tiled(self, image: torch.Tensor, tile: int = 512, overlap: int = 64,
+                     progress=None) -> torch.Tensor:
+        """Encode in overlapping tiles of `tile` pixels (VAEEncodeTiled semantics), blending seams."""
+        x = self._from_image(image)
+        r = self.downscale_ratio
+        tile_p, overlap_p = tiling.tile_params(tile, overlap, 1, what="VAE encode tile", align=r)
+        return tiling.tiled_map(x, lambda t: self._run(AutoencoderKL.encode_mode, t), tile_p, overlap_p,
+                                up=1, down=r, out_channels=self.latent_channels, progress=progress)
+
+    # ---- conversions -----------------------------------------------------------------------------
+    def _check_latent(self, samples: torch.Tensor) -> torch.Tensor:
+        if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
+            raise VAEError(f"VAE decode expects latents [B,C,h,w], got "
+                           f"{getattr(samples, 'shape', type(samples).__name__)}")
+        if samples.shape[1] != self.latent_channels:
+            raise VAEError(f"VAE decode expects {self.latent_channels} latent channels, got "
+                           f"{samples.shape[1]} (latent shape {list(samples.shape)})")
+        return samples
+
+    @staticmethod
+    def _to_image(pixels: torch.Tensor) -> torch.Tensor:
+        return ((pixels + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1).contiguous()
+
+    def _from_image(self, image: torch.Tensor) -> torch.Tensor:
+        """IMAGE [B,H,W,C] -> [B,3,H',W'] in -1..1, centre-cropped to multiples of the ratio."""
+        if not isinstance(image, torch.Tensor) or image.ndim != 4:
+            raise VAEError(f"VAE encode expects an IMAGE [B,H,W,C], got "
+                           f"{getattr(image, 'shape', type(image).__name__)}")
+        r = self.downscale_ratio
+        h, w = (image.shape[1] // r) * r, (image.shape[2] // r) * r
+        if h == 0 or w == 0:
+            raise VAEError(f"VAE encode needs an image of at least {r}x{r} pixels, got "
+                           f"{image.shape[2]}x{image.shape[1]}")
+        top, left = (image.shape[1] % r) // 2, (image.shape[2] % r) // 2
+        image = image[:, top:top + h, left:left + w, : self.config.in_channels]
+        if image.shape[-1] != self.config.in_channels:
+            raise VAEError(f"VAE encode expects {self.config.in_channels} colour channels, got "
+                           f"{image.shape[-1]}")
+        return image.permute(0, 3, 1, 2).float() * 2.0 - 1.0
+
+    def _empty_cache(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
