@@ -1,1 +1,42 @@
+"""Node families and the registry that collects them.
 
+Built-in node modules are listed in BUILTIN_MODULES; each exposes NODE_CLASS_MAPPINGS (and
+optionally NODE_DISPLAY_NAME_MAPPINGS). Adding a family is one line there. Modules are imported
+only when a registry is built, and one failing import is logged, not fatal.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+
+from nodes import folder_paths  # noqa: F401  (re-exported: `from nodes import folder_paths`)
+from nodes.registry import NodeRegistry
+
+log = logging.getLogger(__name__)
+
+BUILTIN_MODULES = [
+    "nodes.utility_nodes",
+    "nodes.image_nodes",
+    "nodes.sd_loaders", "nodes.sd_conditioning", "nodes.sd_latent", "nodes.sd_sampling",
+]
+
+
+def load_registry(modules=None) -> NodeRegistry:
+    """A fresh registry with every built-in node module that imports."""
+    registry = NodeRegistry()
+    for name in (BUILTIN_MODULES if modules is None else modules):
+        try:
+            module = importlib.import_module(name)
+        except Exception:
+            log.exception("node module %s failed to import; its nodes are unavailable", name)
+            continue
+        mappings = getattr(module, "NODE_CLASS_MAPPINGS", None)
+        if not isinstance(mappings, dict):
+            log.warning("node module %s has no NODE_CLASS_MAPPINGS; skipped", name)
+            continue
+        registry.register_mappings(mappings, getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", None),
+                                   python_module="nodes")
+    return registry
+
+
+__all__ = ["BUILTIN_MODULES", "NodeRegistry", "folder_paths", "load_registry"]
