@@ -1,0 +1,161 @@
+"""KSampler and KSamplerAdvanced: denoise a LATENT with a MODEL and two CONDITIONINGs.
+
+The numerics (initial noise, sigmas, samplers, CFG, denoise, step slicing) are diffusion/sampling.py's
+(COMPAT §10). This module maps the node inputs onto it, reports each step to the engine's progress
+hook (which also raises InterruptProcessing when an interrupt was asked for) and attaches a preview
+image when the prompt's preview method wants one.
+"""
+from __future__ import annotations
+
+import torch
+
+from graph.progress import check_interrupt, current_node, report_progress
+from nodes.spec import Combo, Float, Int, Link, Out, mappings, node
+
+SEED_MAX = 0xFFFFFFFFFFFFFFFF  # COMPAT §10: seeds 0..2^64-1 are accepted
+PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd")
+
+
+def _sampling():
+    from diffusion import sampling  # the runtime colleague's module; late so import order is free
+
+    return sampling
+
+
+def _sampler_names() -> list:
+    return list(_sampling().SAMPLER_NAMES)
+
+
+def _scheduler_names() -> list:
+    return list(_sampling().SCHEDULER_NAMES)
+
+
+def _common_inputs(seed_name: str, seed_tip: str) -> list:
+    """Inputs shared by both samplers, in KSampler's order (the editor maps widgets by this order)."""
+    return [
+        Int(seed_name, 0, min=0, max=SEED_MAX, control_after_generate=True, tooltip=seed_tip),
+        Int("steps", 20, min=1, max=10000, tooltip="Number of denoising steps."),
+        Float("cfg", 8.0, min=0.0, max=100.0, step=0.1, round=0.01,
+              tooltip="Classifier-free guidance scale: how strongly the prompt is followed."),
+        Combo("sampler_name", _sampler_names, tooltip="The solver that steps from noise towards the image."),
+        Combo("scheduler", _scheduler_names, tooltip="How the noise levels are spaced over the steps."),
+        Link("positive", "CONDITIONING", tooltip="What the image should show."),
+        Link("negative", "CONDITIONING", tooltip="What the image should not show."),
+        Link("latent_image", "LATENT", tooltip="The latent to denoise (empty for text-to-image)."),
+    ]
+
+
+_MODEL = Link("model", "MODEL", tooltip="The diffusion model that predicts the noise.")
+
+
+def _check_latent(latent, node: str) -> torch.Tensor:
+    if not isinstance(latent, dict) or not isinstance(latent.get("samples"), torch.Tensor):
+        raise TypeError(f"{node}: latent_image must be a LATENT (a dict with a 'samples' tensor), "
+                        f"got {type(latent).__name__}")
+    return latent["samples"]
+
+
+def _check_conditioning(cond, node: str, name: str) -> list:
+    if not isinstance(cond, list) or not all(isinstance(c, (list, tuple)) and len(c) == 2 for c in cond):
+        raise TypeError(f"{node}: {name} must be CONDITIONING (a list of [tensor, dict] pairs), "
+                        f"got {type(cond).__name__}")
+    return cond
+
+
+def _check_model(model, node: str):
+    if model is None:
+        raise RuntimeError(f"{node}: the model input is None; connect a checkpoint or UNet loader.")
+    return model
+
+
+def _progress_callback(model, total_hint: int):
+    """callback(step, total, x0) for diffusion.sampling: progress, interrupt check, preview."""
+    previewer = _previewer(model)
+
+    def callback(step, total, x0):
+        preview = None
+        if previewer is not None and x0 is not None:
+            preview = previewer(x0)
+        report_progress(step + 1, total or total_hint, preview)
+
+    return callback
+
+
+def preview_method() -> str:
+    """The running prompt's preview method: extra_data["preview_method"] (the server puts the
+    --preview-method default there), "none" when unknown or outside a prompt."""
+    run = current_node()
+    extra = getattr(run, "extra_data", None) or {}
+    method = extra.get("preview_method") or "none"
+    return method if method in PREVIEW_METHODS else "none"
+
+
+def _previewer(model):
+    """A function x0 -> PIL.Image for the running prompt's preview method, or None for no previews."""
+    method = preview_method()
+    if method == "none":
+        return None
+    try:
+        from diffusion import previews
+    except ImportError:  # runtime without previews: progress still works, just no images
+        return None
+    return previews.get_previewer(model.latent_format, method)
+
+
+def common_ksampler(node: str, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,
+                    denoise=1.0, disable_noise=False, start_step=None, last_step=None,
+                    force_full_denoise=False):
+    """Sample `latent` and return a copy of the LATENT dict with the new samples."""
+    sampling = _sampling()
+    model = _check_model(model, node)
+    latent_image = _check_latent(latent, node)
+    positive = _check_conditioning(positive, node, "positive")
+    negative = _check_conditioning(negative, node, "negative")
+    fix = getattr(sampling, "fix_empty_latent_channels", None)
+    if fix is not None:  # other model families need more channels than EmptyLatentImage's 4
+        latent_image = fix(model, latent_image)
+    check_interrupt()
+    if disable_noise:
+        noise = torch.zeros(latent_image.shape, dtype=latent_image.dtype, device="cpu")
+    else:
+        noise = sampling.prepare_noise(latent_image, seed, latent.get("batch_index"))
+    samples = sampling.sample(
+        model, noise, positive, negative, cfg, sampler_name, scheduler, steps, latent_image,
+        denoise=denoise, start_step=start_step, last_step=last_step, force_full_denoise=force_full_denoise,
+        noise_mask=latent.get("noise_mask"), callback=_progress_callback(model, steps), seed=seed,
+        disable_pbar=True)
+    out = latent.copy()  # keeps noise_mask / batch_index for the next stage
+    out["samples"] = samples
+    return (out,)
+
+
+@node(category="sampling", display_name="KSampler",
+      description="Denoises a latent with the model, steered by the positive and negative prompts.",
+      outputs=[Out("LATENT", tooltip="The denoised latent.")],
+      inputs=[_MODEL, *_common_inputs("seed", "Seed of the initial noise; the same seed gives the same image."),
+              Float("denoise", 1.0, min=0.0, max=1.0, step=0.01,
+                    tooltip="How much of the input latent is replaced by noise (1.0 for text-to-image, "
+                            "lower for image-to-image).")])
+class KSampler:
+    def execute(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                denoise=1.0):
+        return common_ksampler("KSampler", model, seed, steps, cfg, sampler_name, scheduler, positive,
+                               negative, latent_image, denoise=denoise)
+
+
+@node(category="sampling", display_name="KSampler (Advanced)", outputs=[Out("LATENT")],
+      inputs=[_MODEL, Combo("add_noise", ["enable", "disable"]),
+              *_common_inputs("noise_seed", "Seed of the added noise."),
+              Int("start_at_step", 0, min=0, max=10000), Int("end_at_step", 10000, min=0, max=10000),
+              Combo("return_with_leftover_noise", ["disable", "enable"])])
+class KSamplerAdvanced:
+    def execute(self, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                latent_image, start_at_step, end_at_step, return_with_leftover_noise, denoise=1.0):
+        return common_ksampler(
+            "KSamplerAdvanced", model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
+            latent_image, denoise=denoise, disable_noise=add_noise == "disable",
+            start_step=start_at_step, last_step=end_at_step,
+            force_full_denoise=return_with_leftover_noise != "enable")
+
+
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = mappings(KSampler, KSamplerAdvanced)

@@ -1,0 +1,77 @@
+"""Test helpers for the SD node tests: tiny checkpoints in a private model tree, API-format graphs.
+
+`sd_home` (fixture, see tests/test_sdnodes_*.py) re-roots nodes.folder_paths at a temporary directory
+holding models/checkpoints/{tiny-sd1,tiny-sdxl}.safetensors, so outputs and model listings never touch
+the repository, and restores the previous roots afterwards.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+SD1_NAME = "tiny-sd1.safetensors"
+SDXL_NAME = "tiny-sdxl.safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_files(tmp_path_factory) -> dict[str, Path]:
+    """Build the tiny SD1 and SDXL checkpoints once per test session."""
+    from tools.make_tiny_checkpoint import make_tiny_sd1, make_tiny_sdxl
+
+    root = tmp_path_factory.mktemp("sdnodes_ckpt")
+    return {"sd1": make_tiny_sd1(root / SD1_NAME, seed=0), "sdxl": make_tiny_sdxl(root / SDXL_NAME, seed=0)}
+
+
+@pytest.fixture
+def sd_home(tmp_path, tiny_checkpoint_files):
+    """A folder_paths base directory with both tiny checkpoints; yields the base Path."""
+    from nodes import folder_paths
+
+    saved = (folder_paths.base_path, folder_paths.output_directory, folder_paths.input_directory,
+             folder_paths.temp_directory, folder_paths.user_directory)
+    ckpt_dir = tmp_path / "models" / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    for path in tiny_checkpoint_files.values():
+        (ckpt_dir / path.name).symlink_to(path)
+    for sub in ("output", "input", "temp"):
+        (tmp_path / sub).mkdir()
+    folder_paths.set_base_path(str(tmp_path))
+    try:
+        yield tmp_path
+    finally:
+        folder_paths.set_base_path(saved[0])
+        folder_paths.set_output_directory(saved[1])
+        folder_paths.set_input_directory(saved[2])
+        folder_paths.set_temp_directory(saved[3])
+        folder_paths.set_user_directory(saved[4])
+
+
+@pytest.fixture(scope="module")
+def registry():
+    from nodes import load_registry
+
+    return load_registry()
+
+
+def txt2img_prompt(ckpt=SD1_NAME, size=64, steps=4, seed=1, cfg=5.0, sampler="euler", scheduler="normal",
+                   denoise=1.0, positive="a red apple", negative="blurry", prefix="sdnodes") -> dict:
+    """The classic text-to-image graph in API format, ComfyUI's node ids."""
+    return {
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": size, "height": size, "batch_size": 1}},
+        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": positive, "clip": ["4", 1]}},
+        "7": {"class_type": "CLIPTextEncode", "inputs": {"text": negative, "clip": ["4", 1]}},
+        "3": {"class_type": "KSampler", "inputs": {
+            "model": ["4", 0], "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler,
+            "scheduler": scheduler, "positive": ["6", 0], "negative": ["7", 0], "latent_image": ["5", 0],
+            "denoise": denoise}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}},
+    }
+
+
+def copy_into_input(home: Path, image_path: Path, name: str = "source.png") -> str:
+    shutil.copy(image_path, home / "input" / name)
+    return name

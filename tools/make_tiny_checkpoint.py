@@ -1,0 +1,194 @@
+"""Build small random-weight Stable Diffusion checkpoints with our own networks.
+
+    python tools/make_tiny_checkpoint.py [--out PATH] [--arch sd1|sdxl] [--seed N] [--force]
+
+The default writes models/checkpoints/latentgraph-tiny-sd1.safetensors: the SD1 architecture (UNet,
+KL autoencoder, CLIP-L text model) scaled down to a few MB, stored in the original single-file key
+layout (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.transformer.*`), so it
+loads through the same loader as a released checkpoint. `--arch sdxl` writes the SDXL layout
+(`conditioner.embedders.0.transformer.*` CLIP-L and `conditioner.embedders.1.model.*` bigG).
+
+The weights are random (seeded, so the file is the same on every machine): the pictures it makes are
+noise. It exists to run workflows end to end without downloading anything. Sizes are small `Tiny*`
+dataclasses below; tests pass their own to build even smaller variants.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from diffusion.clip import ClipTextConfig, ClipTextModel  # noqa: E402
+from diffusion.config import UNetConfig  # noqa: E402
+from diffusion.unet import UNetModel  # noqa: E402
+from diffusion.vae import AutoencoderKL, VAEConfig  # noqa: E402
+
+DEFAULT_NAME = "latentgraph-tiny-sd1.safetensors"
+DEFAULT_PATH = ROOT / "models" / "checkpoints" / DEFAULT_NAME
+# SDXL's ADM input: pooled text (bigG projection) + six 256-wide size embeddings; refiner: five.
+SIZE_EMBED_WIDTH = 256
+VOCAB_SIZE = 49408  # the bundled CLIP tokenizer's vocabulary
+CONTEXT_LENGTH = 77
+
+
+@dataclass(frozen=True)
+class TinySD1:
+    """Sizes of the tiny SD1 model. Widths are multiples of 32 (the GroupNorm group count)."""
+
+    model_channels: int = 32
+    channel_mult: tuple[int, ...] = (1, 2)
+    clip_width: int = 32  # also the UNet's cross-attention context width
+    clip_layers: int = 2
+    vae_ch: int = 32
+    vae_ch_mult: tuple[int, ...] = (1, 1, 2, 2)  # four levels: the 8x downscale of the real VAE
+
+
+@dataclass(frozen=True)
+class TinySDXL:
+    """Sizes of the tiny SDXL model: CLIP-L + bigG side by side, first level without attention."""
+
+    model_channels: int = 32
+    channel_mult: tuple[int, ...] = (1, 2)
+    clip_l_width: int = 32
+    clip_g_width: int = 64
+    clip_g_projection: int = 64  # pooled width
+    clip_layers: int = 3  # SDXL reads the penultimate layer
+    vae_ch: int = 32
+    vae_ch_mult: tuple[int, ...] = (1, 1, 2, 2)
+    extra_metadata: dict = field(default_factory=dict, compare=False)
+
+
+def _unet_config_sd1(t: TinySD1) -> UNetConfig:
+    levels = len(t.channel_mult)
+    return UNetConfig(
+        model_channels=t.model_channels, channel_mult=t.channel_mult, num_res_blocks=(1,) * levels,
+        transformer_depth=(1,) * levels, transformer_depth_output=(1,) * (2 * levels),
+        transformer_depth_middle=1, context_dim=t.clip_width, num_heads=8, num_head_channels=-1,
+        use_linear_in_transformer=False, adm_in_channels=None)
+
+
+def _unet_config_sdxl(t: TinySDXL) -> UNetConfig:
+    levels = len(t.channel_mult)
+    # As in SDXL the top level has no transformer; deeper levels have one.
+    depth_in = tuple(0 if level == 0 else 1 for level in range(levels))
+    depth_out = tuple(d for d in reversed(depth_in) for _ in range(2))
+    return UNetConfig(
+        model_channels=t.model_channels, channel_mult=t.channel_mult, num_res_blocks=(1,) * levels,
+        transformer_depth=depth_in, transformer_depth_output=depth_out, transformer_depth_middle=1,
+        context_dim=t.clip_l_width + t.clip_g_width, num_heads=-1, num_head_channels=64,
+        use_linear_in_transformer=True, adm_in_channels=t.clip_g_projection + 6 * SIZE_EMBED_WIDTH)
+
+
+def _clip(layout: str, width: int, layers: int, projection: int | None, activation: str) -> ClipTextModel:
+    cfg = ClipTextConfig(layout=layout, width=width, layers=layers, heads=max(1, width // 16),
+                         vocab_size=VOCAB_SIZE, context_length=CONTEXT_LENGTH,
+                         projection_dim=projection, activation=activation)
+    return ClipTextModel(cfg).init_weights()
+
+
+@torch.no_grad()
+def _randomise_unet(unet: UNetModel) -> UNetModel:
+    """PyTorch's default init, except that norms start at identity (as a trained model's roughly are).
+
+    Default init keeps activations bounded through the tiny network, so sampling stays finite.
+    """
+    for name, module in unet.named_modules():
+        if isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+    return unet
+
+
+def _prefixed(prefix: str, module: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {prefix + k: v.detach().to(dtype).contiguous().clone() for k, v in module.state_dict().items()}
+
+
+def build_sd1_state_dict(sizes: TinySD1 = TinySD1(), seed: int = 0) -> tuple[dict, dict]:
+    """(tensors, metadata) of a tiny SD1 checkpoint in the original single-file layout."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet_cfg = _unet_config_sd1(sizes)
+        unet = _randomise_unet(UNetModel(unet_cfg))
+        vae = AutoencoderKL(VAEConfig(ch=sizes.vae_ch, ch_mult=sizes.vae_ch_mult, num_res_blocks=1))
+        clip = _clip("hf", sizes.clip_width, sizes.clip_layers, None, "quick_gelu")
+    sd = {}
+    sd.update(_prefixed("model.diffusion_model.", unet, torch.float32))
+    # The VAE loader computes in fp32 whatever the storage; text encoders are kept in fp16 by the
+    # runtime anyway (as ComfyUI does). Storing both in fp16 halves their share of the file.
+    sd.update(_prefixed("first_stage_model.", vae, torch.float16))
+    sd.update(_prefixed("cond_stage_model.transformer.", clip, torch.float16))
+    return sd, _metadata(unet_cfg, "sd1", seed)
+
+
+def build_sdxl_state_dict(sizes: TinySDXL = TinySDXL(), seed: int = 0) -> tuple[dict, dict]:
+    """(tensors, metadata) of a tiny SDXL-base-architecture checkpoint in the original layout."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet_cfg = _unet_config_sdxl(sizes)
+        unet = _randomise_unet(UNetModel(unet_cfg))
+        vae = AutoencoderKL(VAEConfig(ch=sizes.vae_ch, ch_mult=sizes.vae_ch_mult, num_res_blocks=1))
+        clip_l = _clip("hf", sizes.clip_l_width, sizes.clip_layers, None, "quick_gelu")
+        clip_g = _clip("open_clip", sizes.clip_g_width, sizes.clip_layers, sizes.clip_g_projection, "gelu")
+    sd = {}
+    sd.update(_prefixed("model.diffusion_model.", unet, torch.float32))
+    sd.update(_prefixed("first_stage_model.", vae, torch.float16))
+    sd.update(_prefixed("conditioner.embedders.0.transformer.", clip_l, torch.float16))
+    sd.update(_prefixed("conditioner.embedders.1.model.", clip_g, torch.float16))
+    meta = _metadata(unet_cfg, "sdxl", seed)
+    meta.update(sizes.extra_metadata)
+    return sd, meta
+
+
+def _metadata(unet_cfg: UNetConfig, arch: str, seed: int) -> dict[str, str]:
+    meta = {"latentgraph.tiny": "random weights; built by tools/make_tiny_checkpoint.py",
+            "latentgraph.arch": arch, "latentgraph.seed": str(seed)}
+    # Head layouts of scaled-down models cannot be read from shapes; state them (diffusion/config.py).
+    meta.update(unet_cfg.head_metadata())
+    return meta
+
+
+def save(sd: dict, metadata: dict, path) -> Path:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(sd, str(tmp), metadata=metadata)
+    os.replace(tmp, path)  # never leave a half-written checkpoint behind a model folder's listing
+    return path
+
+
+def make_tiny_sd1(path=DEFAULT_PATH, seed: int = 0, sizes: TinySD1 = TinySD1()) -> Path:
+    return save(*build_sd1_state_dict(sizes, seed), path)
+
+
+def make_tiny_sdxl(path, seed: int = 0, sizes: TinySDXL = TinySDXL()) -> Path:
+    return save(*build_sdxl_state_dict(sizes, seed), path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None, help=f"output file (default {DEFAULT_PATH})")
+    parser.add_argument("--arch", choices=("sd1", "sdxl"), default="sd1")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="overwrite an existing file")
+    args = parser.parse_args(argv)
+    out = args.out or (DEFAULT_PATH if args.arch == "sd1" else DEFAULT_PATH.with_name("latentgraph-tiny-sdxl.safetensors"))
+    if out.exists() and not args.force:
+        print(f"{out} exists; pass --force to rebuild it")
+        return 0
+    path = (make_tiny_sd1 if args.arch == "sd1" else make_tiny_sdxl)(out, seed=args.seed)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
