@@ -149,6 +149,10 @@ def serve_main(argv: list[str], registry=None, folder_paths=None) -> int:
     if registry is None:
         from nodes import load_registry
         registry = load_registry()
+    if opts.disable_metadata:
+        import nodes.image_nodes
+
+        nodes.image_nodes.DISABLE_METADATA = True
     for getter in ("get_input_directory", "get_output_directory", "get_user_directory"):
         os.makedirs(getattr(folder_paths, getter)(), exist_ok=True)
     temp = folder_paths.get_temp_directory()
