@@ -16,14 +16,14 @@ in the weights; the released architecture uses 32 and so do we unless told other
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion import tiling
+from diffusion import memory, tiling
+from diffusion.attention import attention
 
 log = logging.getLogger(__name__)
 
@@ -105,21 +105,6 @@ class ResnetBlock(nn.Module):
         return x + h
 
 
-_attention_fn = None
-
-
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Single-head attention over [B, N, C]; the project kernel when it exists, SDPA otherwise."""
-    global _attention_fn
-    if _attention_fn is None:
-        try:  # the shared kernel picks the backend (sdpa / xformers / sliced) at start-up
-            from diffusion.attention import attention as shared
-            _attention_fn = lambda q, k, v: shared(q, k, v, 1)  # noqa: E731
-        except ImportError:
-            return F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
-    return _attention_fn(q, k, v)
-
-
 class AttnBlock(nn.Module):
     """Self-attention over all pixels, one head of width C, with 1x1 conv projections."""
 
@@ -135,7 +120,7 @@ class AttnBlock(nn.Module):
         b, c, h, w = x.shape
         n = self.norm(x)
         q, k, v = (p(n).flatten(2).transpose(1, 2) for p in (self.q, self.k, self.v))
-        out = _attention(q, k, v).transpose(1, 2).reshape(b, c, h, w)
+        out = attention(q, k, v, 1).transpose(1, 2).reshape(b, c, h, w)
         return x + self.proj_out(out)
 
 
@@ -287,38 +272,9 @@ def prepare_state_dict(sd: dict, cfg: VAEConfig, expected: dict[str, torch.Size]
     return out
 
 
-def _memory_module():
-    try:
-        from diffusion import memory
-        return memory
-    except ImportError:
-        return None
-
-
-def default_device() -> torch.device:
-    mem = _memory_module()
-    if mem is not None and hasattr(mem, "get_torch_device"):
-        return torch.device(mem.get_torch_device())
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """fp32 on CPU (half matmuls are very slow there); bf16 on CUDA when supported, else fp16."""
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def free_memory(device: torch.device) -> int:
-    """Bytes we may use on `device` now (CUDA: driver free + torch's cached; CPU: available RAM)."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        stats = torch.cuda.memory_stats(device)
-        return free + stats.get("reserved_bytes.all.current", 0) - stats.get("active_bytes.all.current", 0)
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
+def available_memory(device: torch.device) -> int:
+    """Bytes a new allocation may use on `device` now (a seam tests can replace)."""
+    return memory.get_free_memory(device)
 
 
 class VAE:
@@ -335,8 +291,8 @@ class VAE:
 
     def __init__(self, model: AutoencoderKL, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None):
-        self.device = torch.device(device) if device is not None else default_device()
-        self.dtype = dtype if dtype is not None else default_dtype(self.device)
+        self.device = torch.device(device) if device is not None else memory.get_torch_device()
+        self.dtype = dtype if dtype is not None else memory.vae_dtype(self.device)
         self.model = model.eval().requires_grad_(False)
         self.config = model.config
         self.downscale_ratio = model.config.downscale_ratio
@@ -405,10 +361,10 @@ class VAE:
 
     def _batch_size(self, n: int, height: int, width: int) -> int:
         per = self.memory_per_sample(height, width)
-        return max(1, min(n, int(free_memory(self.device) * 0.8) // max(per, 1)))
+        return max(1, min(n, int(available_memory(self.device) * 0.8) // max(per, 1)))
 
     def _fits(self, height: int, width: int) -> bool:
-        return self.memory_per_sample(height, width) < free_memory(self.device) * 0.8
+        return self.memory_per_sample(height, width) < available_memory(self.device) * 0.8
 
     # ---- public API ------------------------------------------------------------------------------
     def decode(self, samples: torch.Tensor) -> torch.Tensor:

@@ -93,7 +93,7 @@ def test_batch_split_by_memory_estimate_gives_same_result(ours, monkeypatch):
     z = torch.randn(3, 4, 8, 8)
     whole = ours.decode(z)
     per = ours.memory_per_sample(16, 16)
-    monkeypatch.setattr(vae_mod, "free_memory", lambda device: int(per * 1.3))  # room for one at a time
+    monkeypatch.setattr(vae_mod, "available_memory", lambda device: int(per * 1.3))  # room for one at a time
     assert ours._batch_size(3, 16, 16) == 1
     assert torch.allclose(ours.decode(z), whole, atol=1e-6)
 

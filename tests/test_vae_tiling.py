@@ -120,7 +120,7 @@ def test_decode_falls_back_to_tiles_when_memory_is_short(vae8, monkeypatch):
     z = torch.randn(1, 4, 16, 12)
     monkeypatch.setattr(VAE, "fallback_tile", (64, 16))
     expected = vae8.decode_tiled(z, tile=64, overlap=16)
-    monkeypatch.setattr(vae_mod, "free_memory", lambda device: 1 << 10)
+    monkeypatch.setattr(vae_mod, "available_memory", lambda device: 1 << 10)
     assert torch.equal(vae8.decode(z), expected)
     image = torch.rand(1, 64, 48, 3)
     assert torch.equal(vae8.encode(image), vae8.encode_tiled(image, tile=64, overlap=16))
