@@ -1,0 +1,293 @@
+"""MODEL: a UNet plus what sampling needs (model_sampling, latent_format), with removable patches.
+
+Clones share the UNet module and its base tensors; each clone has its own patch lists and options.
+Patches are applied when the model is loaded for a run (`diffusion.memory.load_models`): a patched
+weight is computed into a NEW tensor and swapped in as the module's parameter, the base Parameter
+object is kept aside and swapped back on `unpatch_model`, so untouched weights are never copied and
+removing patches restores the base bit for bit. Only one patcher's patches are applied to a shared
+module at a time; loading another clone unpatches the previous one first.
+
+Patch values accepted by `add_patches({key: value})` (key = UNet parameter name, with or without the
+"diffusion_model." prefix):
+- a tensor of the weight's shape (a difference added to the weight), or ("diff", tensor)
+- ("lora", (up, down, alpha, None)): delta = up @ down * alpha / rank (alpha None = rank)
+"""
+from __future__ import annotations
+
+import copy
+import uuid
+
+import torch
+
+from . import memory
+
+ARCH_LATENT_FORMAT = {"sd1": "SD15", "sd2": "SD15", "sdxl": "SDXL", "sdxl_refiner": "SDXL"}
+PATCH_KEY_PREFIX = "diffusion_model."
+
+
+def _module_and_name(root, key):
+    *path, name = key.split(".")
+    module = root
+    for p in path:
+        module = getattr(module, p)
+    return module, name
+
+
+class ModelPatcher:
+    def __init__(self, model, arch: str, prediction: str = "eps", load_device=None, offload_device=None,
+                 settings=None, model_sampling=None, latent_format=None):
+        self.model = model
+        self.arch = arch
+        self.prediction = prediction
+        self.load_device = torch.device(load_device) if load_device is not None else memory.get_torch_device(settings)
+        self.offload_device = (torch.device(offload_device) if offload_device is not None
+                               else memory.offload_device(settings))
+        self.patches: dict[str, list] = {}  # key -> [(strength_patch, value, strength_model)]
+        self.model_options: dict = {"transformer_options": {}}
+        self.patches_uuid = uuid.uuid4()
+        self._model_sampling = model_sampling
+        self._latent_format = latent_format
+        self._param_names = None
+        # Shared across clones: which patcher's patches are in the module now, and the base params.
+        if not hasattr(model, "_lg_patch_state"):
+            model._lg_patch_state = {"owner": None, "uuid": None, "backup": {}}
+
+    # -- identity and description ----------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def model_size(self) -> int:
+        return memory.module_size(self.model)
+
+    def __repr__(self):
+        return f"ModelPatcher(arch={self.arch!r}, prediction={self.prediction!r}, patches={len(self.patches)})"
+
+    @property
+    def model_sampling(self):
+        if self._model_sampling is None:
+            from .model_sampling import ModelSampling
+
+            self._model_sampling = ModelSampling(prediction=self.prediction)
+        return self._model_sampling
+
+    @property
+    def latent_format(self):
+        if self._latent_format is None:
+            from . import latent_formats
+
+            fmt = getattr(latent_formats, ARCH_LATENT_FORMAT[self.arch])
+            self._latent_format = fmt() if isinstance(fmt, type) else fmt
+        return self._latent_format
+
+    # -- clones and patches ----------------------------------------------------------------------
+    def clone(self) -> "ModelPatcher":
+        n = copy.copy(self)  # shares model, model_sampling, latent_format, devices
+        n.patches = {k: list(v) for k, v in self.patches.items()}
+        n.model_options = copy.deepcopy({k: v for k, v in self.model_options.items()
+                                         if k != "transformer_options"})
+        n.model_options["transformer_options"] = _copy_transformer_options(
+            self.model_options.get("transformer_options", {}))
+        return n
+
+    def is_clone(self, other) -> bool:
+        return isinstance(other, ModelPatcher) and other.model is self.model
+
+    def _normalize_key(self, key: str) -> str | None:
+        if self._param_names is None:
+            self._param_names = {n for n, _ in self.model.named_parameters()}
+        if key.startswith(PATCH_KEY_PREFIX):
+            key = key[len(PATCH_KEY_PREFIX):]
+        return key if key in self._param_names else None
+
+    def add_patches(self, patches: dict, strength_patch: float = 1.0, strength_model: float = 1.0) -> list[str]:
+        """Queue patches; returns the keys that name a UNet weight (others are ignored, as LoRA
+        files routinely carry text-encoder keys too)."""
+        added = []
+        for key, value in patches.items():
+            k = self._normalize_key(key)
+            if k is None:
+                continue
+            self.patches.setdefault(k, []).append((strength_patch, value, strength_model))
+            added.append(key)
+        self.patches_uuid = uuid.uuid4()
+        return added
+
+    def remove_patches(self) -> None:
+        self.patches = {}
+        self.patches_uuid = uuid.uuid4()
+
+    def get_key_patches(self) -> dict:
+        return {k: list(v) for k, v in self.patches.items()}
+
+    # model options used by the sampler (diffusion/guidance.py)
+    def set_model_sampler_cfg_function(self, fn) -> None:
+        self.model_options["sampler_cfg_function"] = fn
+
+    def set_model_sampler_post_cfg_function(self, fn) -> None:
+        self.model_options.setdefault("sampler_post_cfg_function", []).append(fn)
+
+    def set_model_attn1_patch(self, fn) -> None:
+        self._add_attn_patch("attn1", fn)
+
+    def set_model_attn2_patch(self, fn) -> None:
+        self._add_attn_patch("attn2", fn)
+
+    def _add_attn_patch(self, which, fn):
+        to = self.model_options["transformer_options"]
+        to.setdefault("patches", {}).setdefault(which, []).append(fn)
+
+    # -- applying patches ------------------------------------------------------------------------
+    def is_patched(self) -> bool:
+        state = self.model._lg_patch_state
+        return state["owner"] is self and state["uuid"] == self.patches_uuid
+
+    def patch_model(self, device_to=None) -> None:
+        """Move the module to `device_to` and make its weights this patcher's (base + patches)."""
+        if device_to is not None:
+            self.model.to(device_to)
+        state = self.model._lg_patch_state
+        if state["owner"] is self and state["uuid"] == self.patches_uuid:
+            return
+        self._restore_base()
+        for key, plist in self.patches.items():
+            module, name = _module_and_name(self.model, key)
+            base = getattr(module, name)
+            state["backup"][key] = base
+            patched = _apply(key, base.data, plist)
+            setattr(module, name, torch.nn.Parameter(patched, requires_grad=False))
+        state["owner"], state["uuid"] = self, self.patches_uuid
+
+    def unpatch_model(self, offload: bool = False) -> None:
+        if self.model._lg_patch_state["owner"] is self:
+            self._restore_base()
+        if offload:
+            self.model.to(self.offload_device)
+
+    def _restore_base(self) -> None:
+        state = self.model._lg_patch_state
+        for key, base in state["backup"].items():
+            module, name = _module_and_name(self.model, key)
+            if base.device != getattr(module, name).device:
+                base.data = base.data.to(getattr(module, name).device)
+            setattr(module, name, base)
+        state["backup"] = {}
+        state["owner"] = state["uuid"] = None
+
+    # -- running ---------------------------------------------------------------------------------
+    def memory_required(self, shape) -> int:
+        return memory.estimate_unet_memory(self.model.config, shape, self.dtype)
+
+    def encode_adm(self, cond: dict, batch: int):
+        """SDXL's `y` for one conditioning dict (pooled text embedding + size/crop/aesthetic
+        embeddings), repeated to `batch` rows; None for SD1/SD2."""
+        adm = self.model.config.adm_in_channels
+        if adm is None:
+            return None
+        from .unet import timestep_embedding
+
+        pooled = cond.get("pooled_output")
+        if pooled is None:
+            raise ValueError(f"{self.arch} model needs 'pooled_output' in the conditioning "
+                             "(use an SDXL text encoder)")
+        pooled = pooled.reshape(pooled.shape[0], -1)[:1].float()
+        width = cond.get("width", 768)
+        height = cond.get("height", 768)
+        if self.arch == "sdxl_refiner":
+            default_score = 2.5 if cond.get("prompt_type") == "negative" else 6.0
+            values = [height, width, cond.get("crop_h", 0), cond.get("crop_w", 0),
+                      cond.get("aesthetic_score", default_score)]
+        else:
+            values = [height, width, cond.get("crop_h", 0), cond.get("crop_w", 0),
+                      cond.get("target_height", height), cond.get("target_width", width)]
+        per_value, rest = divmod(adm - pooled.shape[1], len(values))
+        if rest or per_value <= 0:
+            raise ValueError(f"pooled_output width {pooled.shape[1]} does not fit this model's "
+                             f"adm input of {adm}")
+        emb = timestep_embedding(torch.tensor(values, dtype=torch.float32), per_value).reshape(1, -1)
+        y = torch.cat([pooled.to(emb.device), emb], dim=1)
+        return y.repeat(batch, 1)
+
+    def apply_model(self, x, sigma, c_crossattn, y=None, transformer_options=None, control=None,
+                    c_concat=None):
+        """Denoised x0 for the noisy latent `x` (sampler space) at noise level `sigma` [B]."""
+        ms = self.model_sampling
+        sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
+        if sigma.numel() == 1 and x.shape[0] != 1:
+            sigma = sigma.expand(x.shape[0])
+        xc = ms.calculate_input(sigma, x)
+        if c_concat is not None:  # inpainting models take the masked image as extra channels
+            xc = torch.cat([xc, c_concat.to(xc)], dim=1)
+        t = ms.timestep(sigma.cpu()).float()
+
+        if not self.is_patched() or next(self.model.parameters()).device != self.load_device:
+            memory.load_models([self])
+        device, dtype = self.load_device, self.dtype
+        options = _merge_transformer_options(self.model_options.get("transformer_options", {}),
+                                             transformer_options or {})
+        options["sigmas"] = sigma
+        with torch.inference_mode():
+            out = self.model(xc.to(device, dtype), t.to(device), c_crossattn.to(device, dtype),
+                             y=None if y is None else y.to(device, dtype), control=control,
+                             transformer_options=options)
+        out = out.to(x.device, torch.float32)
+        return ms.calculate_denoised(sigma, out, x.float())
+
+    def __call__(self, *args, **kwargs):
+        return self.apply_model(*args, **kwargs)
+
+
+def _apply(key: str, weight: torch.Tensor, plist) -> torch.Tensor:
+    """Base weight plus its patches, computed in float32 and returned in the weight's dtype."""
+    w = weight.float()
+    for strength_patch, value, strength_model in plist:
+        if strength_model != 1.0:
+            w = w * strength_model
+        delta = _delta(key, value, w)
+        w = w + strength_patch * delta
+    return w.to(weight.dtype)
+
+
+def _delta(key, value, w):
+    if isinstance(value, torch.Tensor):
+        kind, value = "diff", value
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[0], str):
+        kind, value = value
+    else:
+        raise ValueError(f"patch for {key}: unsupported value {type(value).__name__}")
+    if kind == "diff":
+        if tuple(value.shape) != tuple(w.shape):
+            raise ValueError(f"patch for {key}: shape {tuple(value.shape)} != weight {tuple(w.shape)}")
+        return value.to(w.device, torch.float32)
+    if kind == "lora":
+        up, down, alpha, mid = (list(value) + [None] * 4)[:4]
+        rank = down.shape[0]
+        scale = (float(alpha) / rank) if alpha is not None else 1.0
+        if mid is not None:
+            raise NotImplementedError(f"patch for {key}: LoRA with a mid (LoCon) tensor is not supported yet")
+        up, down = up.to(w.device, torch.float32), down.to(w.device, torch.float32)
+        delta = torch.mm(up.flatten(1), down.flatten(1)).reshape(w.shape)
+        return delta * scale
+    raise ValueError(f"patch for {key}: unknown patch kind {kind!r}")
+
+
+def _copy_transformer_options(options: dict) -> dict:
+    out = dict(options)
+    if "patches" in options:
+        out["patches"] = {k: list(v) for k, v in options["patches"].items()}
+    return out
+
+
+def _merge_transformer_options(base: dict, extra: dict) -> dict:
+    merged = _copy_transformer_options(base)
+    for k, v in extra.items():
+        if k == "patches":
+            for which, fns in v.items():
+                merged.setdefault("patches", {}).setdefault(which, []).extend(fns)
+        else:
+            merged[k] = v
+    return merged
