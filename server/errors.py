@@ -66,6 +66,17 @@ async def error_middleware(request: web.Request, handler):
         # A bug, not bad input: keep the trace in the log, never in the response.
         log.exception("internal error in %s %s", request.method, request.path)
         return error_response(500, "internal server error (see server log)")
-    if response.status >= 400 and getattr(response, "content_type", "") == "application/json":
-        _reject(request, response.status, "handler returned an error")
+    if response.status >= 400 and isinstance(response, web.Response):
+        _reject(request, response.status, _error_message(response))
     return response
+
+
+def _error_message(response: web.Response) -> str:
+    """The message of a JSON error body a handler returned itself (e.g. a 400 with node_errors)."""
+    try:
+        error = json.loads(response.text or "null")["error"]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return f"status {response.status}"
+    if isinstance(error, dict):
+        return f"{error.get('type')}: {error.get('message')} {error.get('details') or ''}".strip()
+    return str(error)

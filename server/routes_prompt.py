@@ -20,7 +20,7 @@ SENSITIVE_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 
 
 def _strip_tracebacks(obj):
-    """Validation reasons may carry Python tracebacks; those go to the log, not to clients."""
+    """Validation reasons may carry Python tracebacks: kept out of responses (logged at debug)."""
     if isinstance(obj, dict):
         return {k: _strip_tracebacks(v) for k, v in obj.items() if k != "traceback"}
     if isinstance(obj, list):
@@ -113,7 +113,7 @@ def submit(state: ServerState, body: dict, idempotency_key: str | None = None):
         log.exception("validation raised for prompt %s", prompt_id)
         return 400, _prompt_error("invalid_prompt", "Prompt could not be validated", str(e)), None
     if not result.ok:
-        log.info("prompt %s rejected: %s", prompt_id, (result.error or {}).get("message"))
+        log.debug("prompt %s failed validation: %r", prompt_id, result.as_response())
         return 400, _strip_tracebacks({"error": result.error, "node_errors": result.node_errors}), None
 
     extra_data = dict(extra_data)

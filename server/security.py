@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from .args import is_loopback
-from .errors import ApiError, error_response, log
+from .errors import ApiError, error_response
 
 TOKEN_COOKIE = "latentgraph_token"
 
@@ -122,7 +122,7 @@ def _with_cors(response: web.StreamResponse, cors_origin: str, origin: str | Non
 
 
 def _deny(request: web.Request, status: int, message: str) -> web.Response:
-    log.warning("rejected %s %s -> %d: %s", request.method, request.path_qs[:200], status, message)
+    # Logged once by errors.error_middleware, which wraps this middleware.
     return error_response(status, message)
 
 
