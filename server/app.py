@@ -159,7 +159,9 @@ def serve_main(argv: list[str], registry=None, folder_paths=None) -> int:
     shutil.rmtree(temp, ignore_errors=True)  # previews are throwaway, as in ComfyUI
     db_path = opts.database or os.path.join(folder_paths.get_user_directory(), "queue.sqlite3")
     store = PromptStore(db_path, max_history=opts.max_history)
-    app = build_app(opts, registry=registry, folder_paths=folder_paths, store=store, web_root=web_root)
+    import nodes  # model unloading for POST /free is the nodes package's business, if it offers it
+    app = build_app(opts, registry=registry, folder_paths=folder_paths, store=store, web_root=web_root,
+                    unload_models=getattr(nodes, "unload_models", None))
     log.info("latentgraph serving on %s port %d (queue: %s)", ",".join(opts.hosts), opts.port, db_path)
     try:
         web.run_app(app, host=opts.hosts, port=opts.port, print=None, handle_signals=True)

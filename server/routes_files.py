@@ -33,8 +33,7 @@ def split_annotation(name: str) -> tuple[str, str | None]:
 def type_root(request: web.Request, kind: str) -> str:
     if kind not in FILE_TYPES:
         raise ApiError(400, f"type must be one of {', '.join(FILE_TYPES)}, got {kind!r}")
-    root = state_of(request).directory_for_type(kind)
-    return root
+    return state_of(request).directory_for_type(kind)
 
 
 def _safe_name(name: str, what: str) -> str:
@@ -119,8 +118,6 @@ async def _read_upload(request: web.Request):
         raise ApiError(400, "upload must be multipart/form-data with an 'image' file field")
     try:
         form = await request.post()
-    except web.HTTPRequestEntityTooLarge:
-        raise
     except ValueError as e:
         raise ApiError(400, f"malformed multipart body: {e}") from None
     upload = form.get("image")

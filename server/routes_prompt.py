@@ -1,6 +1,7 @@
 """Running workflows: /prompt, /queue, /interrupt, /free, /history, /object_info."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import uuid
@@ -236,7 +237,8 @@ async def post_history(request: web.Request):
 
 @routes.get("/object_info", "Definitions of all node classes")
 async def object_info(request: web.Request):
-    return json_response(state_of(request).registry.object_info())
+    # INPUT_TYPES may rescan model folders: keep that off the event loop.
+    return json_response(await asyncio.to_thread(state_of(request).registry.object_info))
 
 
 @routes.get("/object_info/{node_class}", "Definition of one node class ({} if unknown)")

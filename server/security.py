@@ -95,7 +95,7 @@ def make_security_middleware(*, check_host: bool, cors_origin: str | None, auth_
             if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
                 return _deny(request, 403, "cross-site request refused")
         elif request.method == "OPTIONS":
-            return _with_cors(web.Response(status=200), cors_origin, origin)
+            return _with_cors(web.Response(status=200), cors_origin)
 
         if auth_token:
             given = request_token(request)
@@ -106,13 +106,13 @@ def make_security_middleware(*, check_host: bool, cors_origin: str | None, auth_
             # A browser opened with ?token=... keeps it as a cookie for the editor's own calls.
             response.set_cookie(TOKEN_COOKIE, auth_token, httponly=True, samesite="Strict")
         if cors_origin is not None:
-            _with_cors(response, cors_origin, origin)
+            _with_cors(response, cors_origin)
         return response
 
     return security
 
 
-def _with_cors(response: web.StreamResponse, cors_origin: str, origin: str | None):
+def _with_cors(response: web.StreamResponse, cors_origin: str):
     if not response.prepared:
         response.headers["Access-Control-Allow-Origin"] = cors_origin
         response.headers["Access-Control-Allow-Methods"] = "POST, GET, DELETE, PUT, OPTIONS, PATCH"
