@@ -8,7 +8,7 @@ from diffusion.unet import UNetModel
 
 TINY_SD1 = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1),
                       transformer_depth=(1, 0), transformer_depth_output=(0, 0, 1, 1),
-                      transformer_depth_middle=1, context_dim=16, num_heads=4)
+                      transformer_depth_middle=1, context_dim=16, num_heads=8)  # SD1 convention
 
 TINY_SDXL = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1),
                        transformer_depth=(0, 1), transformer_depth_output=(1, 1, 0, 0),
