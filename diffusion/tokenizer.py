@@ -12,6 +12,12 @@ as the transformers tokenizer's added-token matching does.
 
 Words are split with CLIP's pattern (contractions, letter runs, single digits, runs of other
 non-space characters), hand-written over ``unicodedata`` categories so the stdlib suffices.
+
+Known limits: a character newer than the running Python's Unicode database (14.0 on Python 3.11)
+has no category here and may split differently from the reference; every assigned character of
+that database gives identical ids (checked exhaustively once, and by a sweep in the tests).
+ComfyUI on transformers 4 used the pure-Python tokenizer, whose cleanup (without ftfy) also dropped
+control/format characters and split CJK ideographs apart; transformers 5, what we match, does not.
 """
 from __future__ import annotations
 

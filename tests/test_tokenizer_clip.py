@@ -1,6 +1,7 @@
 """CLIP BPE tokenizer: ids identical to transformers' CLIPTokenizer built from the same vocabulary."""
 import itertools
 import time
+import unicodedata
 
 import pytest
 
@@ -77,6 +78,18 @@ def test_ids_match_transformers_on_corpus(reference):
         assert ref[0] == BOS_ID and ref[-1] == EOS_ID
         if tok.encode(text) != ref[1:-1]:
             mismatches.append((text, ref[1:-1], tok.encode(text)))
+    assert not mismatches, mismatches[:5]
+
+
+def test_ids_match_transformers_on_a_unicode_sweep(reference):
+    # Every 61st code point the stdlib's Unicode database knows, in letter, number and punctuation
+    # positions. (Code points newer than that database may split differently: documented limit.)
+    chars = [chr(cp) for cp in range(32, 0x30000, 61) if unicodedata.category(chr(cp)) not in ("Cn", "Co", "Cs")]
+    texts = [f"a{c}b 1{c}2 {c}{c.upper()}x '{c}s !{c}" for c in chars]
+    assert len(texts) > 1000
+    ref = reference(texts)["input_ids"]
+    tok = get_tokenizer()
+    mismatches = [t for t, ids in zip(texts, ref) if tok.encode(t) != ids[1:-1]]
     assert not mismatches, mismatches[:5]
 
 
