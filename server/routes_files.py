@@ -14,7 +14,7 @@ from aiohttp import web
 
 from .errors import ApiError, json_response
 from .routing import RouteTable
-from .security import is_active_content, resolve_inside
+from .security import PathEscape, is_active_content, resolve_inside
 from .state import state_of
 
 routes = RouteTable("files")
@@ -148,7 +148,10 @@ def _save_upload(request, form, upload, data: bytes):
     root = type_root(request, kind)
     subfolder = str(form.get("subfolder") or "")
     name = _safe_name(os.path.basename(str(upload.filename or "")), "upload filename")
-    folder = resolve_inside(root, subfolder)
+    try:
+        folder = resolve_inside(root, subfolder)
+    except PathEscape as e:  # uploads answer 400 for a bad subfolder (COMPAT §4)
+        raise ApiError(400, e.message) from None
     overwrite = str(form.get("overwrite", "")).lower() in ("true", "1")
     target = _unique_target(folder, name, data, overwrite)
     folder.mkdir(parents=True, exist_ok=True)

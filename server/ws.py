@@ -15,6 +15,7 @@ from .errors import log
 PREVIEW_IMAGE = 1
 PREVIEW_IMAGE_WITH_METADATA = 4
 IMAGE_FORMATS = {"JPEG": 1, "PNG": 2}
+SEND_TIMEOUT_S = 10.0
 
 
 def server_features(max_upload_bytes: int) -> dict:
@@ -83,16 +84,22 @@ class Hub:
                 [(sid, self.sockets[sid])] if sid in self.sockets else [])
             for target_sid, ws in targets:
                 try:
-                    if isinstance(data, Preview):
-                        meta = data.metadata if self.flags.get(target_sid, {}).get(
-                            "supports_preview_metadata") else None
-                        await ws.send_bytes(preview_frame(data.image_format, data.image_bytes, meta))
-                    elif isinstance(data, (bytes, bytearray)):
-                        await ws.send_bytes(bytes(data))
-                    else:
-                        await ws.send_str(json.dumps({"type": event, "data": data}))
+                    # A client that stops reading must not stall everyone else's messages.
+                    await asyncio.wait_for(self._send_one(target_sid, ws, event, data), SEND_TIMEOUT_S)
+                except asyncio.TimeoutError:
+                    log.warning("client %s is not reading its WebSocket; closing it", target_sid)
+                    asyncio.create_task(ws.close())
                 except (ConnectionError, RuntimeError) as e:
                     log.debug("dropping message to %s: %s", target_sid, e)
+
+    async def _send_one(self, sid: str, ws, event: str, data) -> None:
+        if isinstance(data, Preview):
+            meta = data.metadata if self.flags.get(sid, {}).get("supports_preview_metadata") else None
+            await ws.send_bytes(preview_frame(data.image_format, data.image_bytes, meta))
+        elif isinstance(data, (bytes, bytearray)):
+            await ws.send_bytes(bytes(data))
+        else:
+            await ws.send_str(json.dumps({"type": event, "data": data}))
 
     # ---- the route -----------------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.WebSocketResponse:

@@ -123,6 +123,16 @@ def test_random_paths_and_queries_never_5xx(live, route, segment, query):
     assert b"Traceback" not in raw
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(route=st.sampled_from(["/upload/image", "/upload/mask"]), body=st.binary(max_size=200),
+       boundary=st.sampled_from(["x", "", "--", "a" * 80]))
+def test_random_multipart_never_5xx(live, route, body, boundary):
+    body = b"--x\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\n" + body
+    status, raw = request(live, "POST", route, body,
+                          {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert status < 500, (route, body, raw)
+
+
 def test_still_answers_after_fuzzing(live):
     status, raw = request(live, "GET", "/system_stats")
     assert status == 200 and "system" in json.loads(raw)

@@ -158,3 +158,10 @@ async def test_node_error_recorded_as_failed_job(client):
     assert entry["status"]["status_str"] == "error"
     job = await (await client.get(f"/api/jobs/{pid}")).json()
     assert job["status"] == "failed" and "failed on purpose" in job["execution_error"]["exception_message"]
+
+
+async def test_interrupt_while_idle_does_not_hit_the_next_prompt(client):
+    assert (await client.post("/api/interrupt")).status == 200
+    pid = (await (await client.post("/prompt", json={"prompt": chain(1, steps=3)})).json())["prompt_id"]
+    entry = await wait_history(client, pid)
+    assert entry["status"]["status_str"] == "success"
