@@ -116,8 +116,13 @@ class CLIP:
         self.specs = TOWERS[arch]
         self.encoders = encoders
         self.embedding_dirs = tuple(embedding_dirs)
-        self.load_device = torch.device(device) if device is not None else _default_device()
-        self.offload_device = torch.device("cpu")
+        from diffusion.model_patcher import ModelPatcher
+
+        # The patcher moves the weights on and off the device under diffusion.memory's control and
+        # applies weight patches (LoRA) without copying the base weights, as it does for the UNet.
+        self.patcher = ModelPatcher(TextEncoderStack(encoders), arch, load_device=device)
+        self.load_device = self.patcher.load_device
+        self.offload_device = self.patcher.offload_device
         self.dtype = next(iter(encoders.values())).token_embedding_weight.dtype
         self.compute_dtype = compute_dtype or _default_dtypes(self.load_device)[1]
         self.layer_idx: int | None = None  # None: each tower's default output
@@ -129,8 +134,15 @@ class CLIP:
         """A CLIP sharing the networks (no weight copies) with its own settings."""
         other = CLIP.__new__(CLIP)
         other.__dict__.update(self.__dict__)
+        other.patcher = self.patcher.clone()
         other._lookups = self._lookups  # embedding files found once serve every clone
         return other
+
+    def add_patches(self, patches: dict, strength_patch: float = 1.0, strength_model: float = 1.0) -> list[str]:
+        """Queue weight patches (see diffusion.model_patcher) keyed by `TextEncoderStack` parameter
+        names, e.g. `clip_l.transformer.text_model.encoder.layers.0.mlp.fc1.weight`; returns the keys
+        that matched (others are ignored). Call on a clone to keep the original unpatched."""
+        return self.patcher.add_patches(patches, strength_patch, strength_model)
 
     def set_last_layer(self, n: int) -> None:
         """CLIPSetLastLayer: output layer n (-1 = last) for every tower; see the module docstring."""
@@ -233,7 +245,7 @@ class CLIP:
                 ids[b, j] = int(tok)
                 if int(tok) == EOS and not eos_found:
                     eos_index[b], eos_found = j, True
-        self._move(model, device)
+        self._load()
         embeds = model.embed_tokens(ids.to(device), self.compute_dtype)
         for b, j, vec in vectors:
             embeds[b, j] = vec.to(device=device, dtype=self.compute_dtype)
@@ -244,10 +256,26 @@ class CLIP:
             z = model.final_norm(out.hidden) if spec.norm_hidden else out.hidden
         return z.float().cpu(), out.projected.float().cpu()
 
-    @staticmethod
-    def _move(model: ClipTextModel, device: torch.device) -> None:
-        if model.token_embedding_weight.device != device:
-            model.to(device)
+    def _load(self) -> None:
+        from diffusion import memory
+
+        p = self.patcher
+        if not p.is_patched() or self.encoders[self.specs[0].key].token_embedding_weight.device != p.load_device:
+            memory.load_models([p])
+
+
+class TextEncoderStack(torch.nn.Module):
+    """A CLIP's text encoders as one module, named as ComfyUI names CLIP weights for patches:
+    `clip_<key>.transformer.<key in the file below its prefix>`."""
+
+    def __init__(self, encoders: dict[str, ClipTextModel]):
+        super().__init__()
+        for key, model in encoders.items():
+            self.add_module(f"clip_{key}", torch.nn.ModuleDict({"transformer": model}))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
 
 
 # --- construction ------------------------------------------------------------------------------------
@@ -380,28 +408,15 @@ def clip_from_text_encoder_files(sds: list[dict], kind: str, embedding_dirs=(), 
     return _build(arch, tower_sds, embedding_dirs, dtype, device, compute_dtype, where=where)
 
 
-def _read_weights(path) -> dict:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise TextEncoderError(f"text encoder file not found: {path}")
-    try:
-        if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
-            return load_file(path)
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt/truncated files raise many kinds of errors
-        raise TextEncoderError(f"cannot read text encoder file {path}: {exc}") from exc
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise TextEncoderError(f"text encoder file {path} does not hold a state dict")
-    return sd
-
-
 def load_text_encoders(paths, kind: str, embedding_dirs=(), *, dtype=None, device=None, compute_dtype=None) -> CLIP:
-    """CLIPLoader / DualCLIPLoader: read text-encoder files and build a CLIP (see the function above)."""
+    """CLIPLoader / DualCLIPLoader: read text-encoder files and build a CLIP (see the function above).
+
+    Files are read by `diffusion.checkpoint.read_state_dict` (safetensors memory-mapped, pickles
+    only with weights_only); unreadable files raise its `CheckpointError` naming the file.
+    """
+    from diffusion.checkpoint import read_state_dict
+
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    sds = [_read_weights(p) for p in paths]
+    sds = [read_state_dict(p)[0] for p in paths]
     return clip_from_text_encoder_files(sds, kind, embedding_dirs, dtype=dtype, device=device,
-                                              compute_dtype=compute_dtype, names=[os.fspath(p) for p in paths])
+                                        compute_dtype=compute_dtype, names=[os.fspath(p) for p in paths])

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from diffusion.checkpoint import CheckpointError
 from diffusion.text_encoders import (
     BOS, EOS, TextEncoderError, clip_from_state_dict, clip_from_text_encoder_files, empty_tokens,
     load_text_encoders,
@@ -237,7 +238,7 @@ def test_load_text_encoders_single_and_dual(tmp_path, refs):
 
     with pytest.raises(TextEncoderError, match="takes 2 file"):
         load_text_encoders([tmp_path / "clip_l.safetensors"], "sdxl")
-    with pytest.raises(TextEncoderError, match="not found.*nope.safetensors"):
+    with pytest.raises(CheckpointError, match="nope.safetensors.*not found"):
         load_text_encoders([tmp_path / "nope.safetensors"], "sd1")
     with pytest.raises(TextEncoderError, match="unknown text encoder type 'flux'"):
         clip_from_text_encoder_files([l_sd], "flux")
@@ -297,3 +298,29 @@ def test_textual_inversion_from_embedding_folder(checkpoints, tmp_path):
     assert isinstance(via_embedding["l"][0][2][0], torch.Tensor)
     assert via_embedding["g"][0][2][0].shape[-1] == 32
     assert torch.equal(clip.encode_from_tokens(via_embedding), clip.encode_from_tokens(clip.tokenize("a cat")))
+
+
+def test_patches_apply_to_a_clone_only(checkpoints):
+    clip = _load(checkpoints, "sd1")
+    chunk = {"l": [_chunk(WORDS, EOS)]}
+    base = clip.encode_from_tokens(chunk)
+    key = "clip_l.transformer.text_model.final_layer_norm.bias"
+    bias = clip.encoders["l"].text_model.final_layer_norm.bias
+    ptr = bias.data_ptr()
+    shift = torch.linspace(-1, 1, 64)
+    patched = clip.clone()
+    assert patched.add_patches({key: shift, "lora_unet_foo": torch.zeros(1)}, strength_patch=0.5) == [key]
+    # SD1's default output ends in final_layer_norm: a bias difference shifts every token by it
+    assert torch.allclose(patched.encode_from_tokens(chunk), base + 0.5 * shift, atol=1e-6)
+    assert torch.equal(clip.encode_from_tokens(chunk), base)  # the original restores its base weights
+    assert clip.encoders["l"].text_model.final_layer_norm.bias.data_ptr() == ptr
+
+
+def test_checkpoint_module_loads_text_encoder_files(tmp_path, refs):
+    from diffusion import checkpoint
+
+    path = tmp_path / "clip_l.safetensors"
+    save_file({k: v.contiguous() for k, v in hf_layout(refs["L"].state_dict()).items()}, str(path))
+    clip = checkpoint.load_text_encoders([path], "stable_diffusion")
+    assert clip.arch == "sd1" and clip.dtype == torch.float16
+    assert clip.encode_from_tokens({"l": [_chunk(WORDS, EOS)]}).shape == (1, 77, 64)
