@@ -31,11 +31,17 @@ def _search_dirs(dirs: Iterable[str | os.PathLike]) -> list[str]:
     there; here the first root, then the shallowest-and-alphabetically-first folder, wins.
     """
     out: list[str] = []
+    seen_real: set[str] = set()  # symlinked folders are followed; a link cycle is walked once, not to the path-length limit
     for root in dirs:
         root = os.path.abspath(os.fspath(root))
         if root not in out:
             out.append(root)
         for current, subdirs, _files in os.walk(root, followlinks=True):
+            real = os.path.realpath(current)
+            if real in seen_real:
+                subdirs.clear()
+                continue
+            seen_real.add(real)
             subdirs.sort()
             if current not in out:
                 out.append(current)

@@ -129,3 +129,17 @@ def test_cache_is_refreshed_when_the_file_changes(folder, vectors):
     torch.save(vectors[:1] * 5, path)
     os.utime(path, ns=(1, 1))  # force a different stamp even on coarse-mtime filesystems
     assert torch.equal(lookup("changing"), vectors[:1] * 5)
+
+
+def test_symlinked_folders_are_searched_and_cycles_end(tmp_path, folder, vectors):
+    elsewhere = tmp_path / "shared_styles"
+    elsewhere.mkdir()
+    torch.save(vectors, elsewhere / "linked.pt")
+    try:
+        (folder / "link").symlink_to(elsewhere, target_is_directory=True)
+        (elsewhere / "loop").symlink_to(folder, target_is_directory=True)
+    except OSError:
+        pytest.skip("symlinks not available here")
+    lookup = EmbeddingLookup([folder], DIM)
+    assert torch.equal(lookup("linked"), vectors)
+    assert lookup("absent") is None  # the loop is walked once, not down to the path-length limit
