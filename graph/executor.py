@@ -149,6 +149,7 @@ class _PromptRun:
         self.listeners = listeners
         self.dyn = DynamicPrompt(prompt)
         self.infos = ClassInfoCache()
+        self._info_by_id: dict[str, ClassInfo] = {}
         self.sigs = SignatureBuilder(self.dyn.get_node, self.dyn.has_node, self._class_of,
                                      self.infos, extra_data.get("extra_pnginfo"))
         self.roots = sorted_ids(outputs) if outputs is not None else \
@@ -177,7 +178,10 @@ class _PromptRun:
         return cls
 
     def _info(self, node_id: str) -> ClassInfo:
-        return self.infos.get_info(self._class_of(node_id))
+        info = self._info_by_id.get(node_id)
+        if info is None:
+            info = self._info_by_id[node_id] = self.infos.get_info(self._class_of(node_id))
+        return info
 
     # -- events --------------------------------------------------------------------------
     def emit(self, event: str, data: dict, record: bool = False) -> None:
@@ -448,7 +452,7 @@ class _PromptRun:
         inputs, missing = self._inputs(node_id, node, info)
         run = progress.NodeRun(self.prompt_id, node_id, display, self.dyn.get_parent_node_id(node_id),
                                self.dyn.get_real_node_id(node_id), self.ex._interrupt,
-                               self._on_progress)
+                               self._on_progress, self.extra)
         token = progress.bind(run)
         try:
             obj = self.ex._instance(node_id, node["class_type"], info.cls)

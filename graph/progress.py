@@ -26,6 +26,8 @@ class NodeRun:
     interrupt_flag: threading.Event
     # Called as on_progress(run, value, total, preview) by report_progress.
     on_progress: Callable[["NodeRun", int, int, Any], None] = field(default=lambda *a: None)
+    # The running prompt's extra_data (read-only for nodes; e.g. preview_method).
+    extra_data: dict = field(default_factory=dict)
 
 
 _current: contextvars.ContextVar[Optional[NodeRun]] = contextvars.ContextVar(
