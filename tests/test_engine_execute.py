@@ -254,3 +254,90 @@ def test_partial_targets_run_needed_outputs():
     p = {"1": const(1), "2": output(["1", 0]), "3": add(["1", 0], 1), "4": output(["3", 0])}
     result, _ = run(p, outputs=["4"])
     assert result.outputs == {"4": {"value": [2]}} and "2" not in result.ran
+
+
+class RawLink:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"link": ("INT", {"rawLink": True})}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+
+    def run(self, link, **undeclared):
+        return {"ui": {"link": [link], "extra": [sorted(undeclared.items())]}}
+
+
+class Previewer:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+
+    def run(self):
+        from graph.progress import ProgressBar
+        bar = ProgressBar(2)
+        bar.update_absolute(1, preview="IMG")
+        bar.update(1)
+        return {}
+
+
+class DupExpander:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}}
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+
+    def run(self):
+        return {"result": (["1", 0],), "expand": {"1": {"class_type": "IntConst", "inputs": {"value": 1}}}}
+
+
+def registry_plus(**extra):
+    reg = N.registry()
+    reg.mapping.update(extra)
+    return reg
+
+
+def test_raw_link_and_undeclared_inputs():
+    reg = registry_plus(RawLink=RawLink)
+    p = {"1": const(4), "2": const(5),
+         "3": {"class_type": "RawLink", "inputs": {"link": ["1", 0], "other": ["2", 0], "dropped": 9}}}
+    result = Executor(reg).execute(p, "pid", {}, ["3"])
+    # rawLink gets the link itself (its upstream still runs first); undeclared links are passed,
+    # undeclared constants dropped (COMPAT §1.2)
+    assert result.outputs["3"] == {"link": [["1", 0]], "extra": [[("other", 5)]]}
+    assert result.ran[-1] == "3" and {"1", "2"} <= set(result.ran)
+
+
+def test_preview_event_precedes_progress():
+    events = []
+    result = Executor(registry_plus(Previewer=Previewer)).execute(
+        {"1": {"class_type": "Previewer", "inputs": {}}}, "pid", {}, ["1"],
+        [lambda e, d: events.append((e, d))])
+    assert result.status_str == "success"
+    seq = [e for e, _ in events if e in ("preview", "progress")]
+    assert seq == ["preview", "progress", "progress"]
+    preview = next(d for e, d in events if e == "preview")
+    assert preview == {"prompt_id": "pid", "node_id": "1", "display_node_id": "1",
+                       "parent_node_id": None, "real_node_id": "1", "image": "IMG"}
+
+
+def test_expansion_with_existing_id_is_an_error():
+    result = Executor(registry_plus(DupExpander=DupExpander)).execute(
+        {"1": {"class_type": "DupExpander", "inputs": {}}, "2": output(["1", 0])}, "pid", {}, ["2"])
+    assert result.status_str == "error"
+    assert result.error["exception_type"] == "graph.DuplicateNodeError" and result.error["node_id"] == "1"
+
+
+def test_execute_inside_running_event_loop():
+    import asyncio
+
+    async def main():
+        return Executor(N.registry()).execute({"1": const(1), "2": output(["1", 0])}, "pid", {}, ["2"])
+    assert asyncio.run(main()).outputs == {"2": {"value": [1]}}
