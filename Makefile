@@ -19,7 +19,13 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
-run: setup
+TINY_CKPT := models/checkpoints/latentgraph-tiny-sd1.safetensors
+
+# The small bundled model: random weights in the real SD1 layout, built once (seeded, a few MB).
+$(TINY_CKPT): | $(STAMP)
+	$(BIN)/python tools/make_tiny_checkpoint.py --out $@
+
+run: setup $(TINY_CKPT)
 	$(BIN)/python main.py run workflows/default.json
 
 serve: setup
