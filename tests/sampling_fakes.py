@@ -40,7 +40,8 @@ class GaussianModel:
 
     def apply_model(self, x, sigma, c_crossattn, y=None, transformer_options=None):
         self.calls.append({"batch": x.shape[0], "tokens": c_crossattn.shape[1], "y": y,
-                           "sigma": sigma.detach().clone()})
+                           "sigma": sigma.detach().clone(), "x": x.detach().clone(),
+                           "transformer_options": transformer_options})
         mu = self.mu_of(c_crossattn).to(x).view(-1, *([1] * (x.ndim - 1)))
         s2 = self.s ** 2
         sig = sigma.to(x).view(-1, *([1] * (x.ndim - 1)))
