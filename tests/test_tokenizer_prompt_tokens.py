@@ -3,7 +3,10 @@ import logging
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from diffusion.prompt_syntax import parse_weights
 from diffusion.prompt_tokens import EmbeddingLookup, tokenize_weighted
 from diffusion.tokenizer import BOS_ID, EOS_ID, get_tokenizer
 
@@ -115,3 +118,20 @@ def test_missing_embedding_is_dropped_with_a_warning(lookup, caplog):
 
 def test_without_lookup_references_are_plain_text():
     assert run("embedding:style") == [chunk(words("embedding:style", 1.0))]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    text=st.text(alphabet=st.sampled_from(list("ab cat,(): 1.5\\[]é")), max_size=400),
+    chunk_len=st.sampled_from([5, 12, 77]),
+)
+def test_chunks_keep_every_token_in_order(text, chunk_len):
+    out = run(text, chunk_len=chunk_len, pad_token=0)
+    expected = [(t, w) for segment, w in parse_weights(text) for t in TOK.encode(segment)]
+    content = []
+    for c in out:
+        assert len(c) == chunk_len and c[0] == (BOS_ID, 1.0)
+        end = c.index((EOS_ID, 1.0))
+        assert end <= chunk_len - 1 and all(item == (0, 1.0) for item in c[end + 1 :])
+        content += c[1:end]
+    assert content == expected
