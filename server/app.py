@@ -66,13 +66,13 @@ def build_app(opts: ServerOptions, *, registry, folder_paths, store: PromptStore
     state = ServerState(opts=opts, store=store, registry=registry, folder_paths=folder_paths,
                         web_root=web_root)
     completions = run_api.Completions()
-    state.extra["completions"] = completions
+    state.completions = completions
     hub = Hub(lambda: {"exec_info": {"queue_remaining": store.queue_remaining()}},
               opts.max_upload_bytes)
     worker = PromptWorker(store, hub, executor, preview_size=opts.preview_size,
                           preview_method=opts.preview_method, on_finished=completions.finished,
                           unload_models=unload_models)
-    hub._running_node_for = worker.running_node_for
+    hub.running_node_for = worker.running_node_for
     state.hub, state.worker = hub, worker
     store.on_change = hub.broadcast_status
 

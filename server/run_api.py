@@ -125,7 +125,7 @@ async def run(request: web.Request):
     inline = body.pop("inline", False)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_RUN_TIMEOUT_S:
         raise ApiError(400, f"'timeout' must be a number of seconds in (0, {MAX_RUN_TIMEOUT_S}]")
-    completions: Completions = state.extra["completions"]
+    completions: Completions = state.completions
     status, response, item = submit(state, body, request.headers.get("Idempotency-Key"))
     if status != 200:
         return json_response(response, status=status)

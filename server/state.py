@@ -1,7 +1,7 @@
 """What every handler needs, bundled in one object stored on the aiohttp app."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -17,9 +17,9 @@ class ServerState:
     folder_paths: Any              # the nodes.folder_paths module (or a stand-in with its API)
     hub: Any = None                # server.ws.Hub
     worker: Any = None             # server.worker.PromptWorker
+    completions: Any = None        # server.run_api.Completions
     web_root: str | None = None
     user_id: str = "default"
-    extra: dict = field(default_factory=dict)
 
     def directory_for_type(self, kind: str) -> str | None:
         """The root directory of an input/output/temp file reference, else None."""

@@ -45,7 +45,8 @@ class Hub:
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self.flags: dict[str, dict] = {}
         self._status_data = status_data          # () -> {"exec_info": {...}}
-        self._running_node_for = running_node_for or (lambda sid: None)
+        # sid -> node id now running for that client (handshake step 2); set by the app.
+        self.running_node_for = running_node_for or (lambda sid: None)
         self.max_upload_bytes = max_upload_bytes
         self.loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue | None = None
@@ -114,7 +115,7 @@ class Hub:
         try:
             await ws.send_str(json.dumps({"type": "status",
                                           "data": {"status": self._status_data(), "sid": sid}}))
-            node = self._running_node_for(sid)
+            node = self.running_node_for(sid)
             if node is not None:
                 await ws.send_str(json.dumps({"type": "executing", "data": {"node": node}}))
             first = True

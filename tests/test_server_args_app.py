@@ -61,3 +61,25 @@ async def test_each_rejected_request_is_logged_once(client, caplog):
     rejected = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rejected")]
     assert len(rejected) == 3
     assert "not valid JSON" in rejected[0] and "invalid_prompt" in rejected[1] and "Origin" in rejected[2]
+
+
+class RecordingFolderPaths:
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda *a, **kw: self.calls.append((name, a, kw))
+
+
+def test_configure_folders_applies_flags_then_yaml(tmp_path):
+    from server.app import configure_folders
+
+    yaml_file = tmp_path / "extra.yaml"
+    yaml_file.write_text("s:\n  base_path: /m\n  loras: l\n")
+    fp = RecordingFolderPaths()
+    configure_folders(parse_args(["--base-directory", str(tmp_path), "--output-directory", "/o",
+                                  "--temp-directory", "/t", "--extra-model-paths-config", str(yaml_file)]), fp)
+    assert fp.calls == [("set_base_path", (str(tmp_path),), {}),
+                        ("set_output_directory", ("/o",), {}),
+                        ("set_temp_directory", ("/t/temp",), {}),
+                        ("add_model_folder_path", ("loras", "/m/l"), {"is_default": False})]
