@@ -34,6 +34,9 @@ def _module_and_name(root, key):
 
 
 class ModelPatcher:
+    """Wraps the UNet as MODEL (docs/contracts.md); also used bare around other modules (CLIP
+    towers) for device placement and weight patches."""
+
     def __init__(self, model, arch: str, prediction: str = "eps", load_device=None, offload_device=None,
                  settings=None, model_sampling=None, latent_format=None):
         self.model = model
@@ -55,11 +58,13 @@ class ModelPatcher:
     # -- identity and description ----------------------------------------------------------------
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.dtype
+        # Any module can be patched (the CLIP towers are too); only the UNet names its dtype.
+        dtype = getattr(self.model, "dtype", None)
+        return dtype if isinstance(dtype, torch.dtype) else next(self.model.parameters()).dtype
 
     @property
     def config(self):
-        return self.model.config
+        return getattr(self.model, "config", None)
 
     def model_size(self) -> int:
         return memory.module_size(self.model)
