@@ -272,6 +272,40 @@ def prepare_state_dict(sd: dict, cfg: VAEConfig, expected: dict[str, torch.Size]
     return out
 
 
+def check_latent(samples: torch.Tensor, channels: int, what: str) -> torch.Tensor:
+    if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
+        raise VAEError(f"{what} expects latents [B,C,h,w], got "
+                       f"{getattr(samples, 'shape', type(samples).__name__)}")
+    if samples.shape[1] != channels:
+        raise VAEError(f"{what} expects {channels} latent channels, got {samples.shape[1]} "
+                       f"(latent shape {list(samples.shape)})")
+    return samples
+
+
+def pixels_to_image(pixels: torch.Tensor) -> torch.Tensor:
+    """Network output [B,3,H,W] in -1..1 -> IMAGE [B,H,W,3] in 0..1."""
+    return ((pixels + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1).contiguous()
+
+
+def image_to_pixels(image: torch.Tensor, ratio: int, channels: int, what: str) -> torch.Tensor:
+    """IMAGE [B,H,W,C] 0..1 -> [B,channels,H',W'] in -1..1, centre-cropped to multiples of `ratio`.
+
+    Extra channels (alpha) are dropped.
+    """
+    if not isinstance(image, torch.Tensor) or image.ndim != 4:
+        raise VAEError(f"{what} expects an IMAGE [B,H,W,C], got "
+                       f"{getattr(image, 'shape', type(image).__name__)}")
+    if image.shape[-1] < channels:
+        raise VAEError(f"{what} expects {channels} colour channels, got {image.shape[-1]}")
+    h, w = (image.shape[1] // ratio) * ratio, (image.shape[2] // ratio) * ratio
+    if h == 0 or w == 0:
+        raise VAEError(f"{what} needs an image of at least {ratio}x{ratio} pixels, got "
+                       f"{image.shape[2]}x{image.shape[1]}")
+    top, left = (image.shape[1] % ratio) // 2, (image.shape[2] % ratio) // 2
+    image = image[:, top:top + h, left:left + w, :channels]
+    return image.permute(0, 3, 1, 2).float() * 2.0 - 1.0
+
+
 def available_memory(device: torch.device) -> int:
     """Bytes a new allocation may use on `device` now (a seam tests can replace)."""
     return memory.get_free_memory(device)
@@ -369,7 +403,7 @@ class VAE:
     # ---- public API ------------------------------------------------------------------------------
     def decode(self, samples: torch.Tensor) -> torch.Tensor:
         """Latents [B,C,h,w] (unscaled) -> IMAGE [B,8h,8w,3] float32 0..1 on CPU."""
-        samples = self._check_latent(samples)
+        samples = check_latent(samples, self.latent_channels, "VAE decode")
         h, w = samples.shape[2] * self.downscale_ratio, samples.shape[3] * self.downscale_ratio
         if not self._fits(h, w):
             log.info("VAE decode of %dx%d does not fit in memory; decoding in tiles", w, h)
@@ -381,21 +415,21 @@ class VAE:
             log.warning("VAE decode ran out of memory; retrying in tiles")
             self._empty_cache()
             return self.decode_tiled(samples, *self.fallback_tile)
-        return self._to_image(pixels)
+        return pixels_to_image(pixels)
 
     def decode_tiled(self, samples: torch.Tensor, tile: int = 512, overlap: int = 64,
                      progress=None) -> torch.Tensor:
         """Decode in overlapping tiles of `tile` pixels (VAEDecodeTiled semantics), blending seams."""
-        samples = self._check_latent(samples)
+        samples = check_latent(samples, self.latent_channels, "VAE decode")
         r = self.downscale_ratio
         tile_l, overlap_l = tiling.tile_params(tile, overlap, r, what="VAE decode tile")
         pixels = tiling.tiled_map(samples, lambda t: self._run(AutoencoderKL.decode, t), tile_l, overlap_l,
                                   up=r, down=1, out_channels=self.config.out_ch, progress=progress)
-        return self._to_image(pixels)
+        return pixels_to_image(pixels)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """IMAGE [B,H,W,C] 0..1 -> latents [B,C,H/8,W/8] (posterior mode, unscaled), float32 CPU."""
-        x = self._from_image(image)
+        x = image_to_pixels(image, self.downscale_ratio, self.config.in_channels, "VAE encode")
         h, w = x.shape[2], x.shape[3]
         if not self._fits(h, w):
             log.info("VAE encode of %dx%d does not fit in memory; encoding in tiles", w, h)
@@ -411,42 +445,11 @@ class VAE:
     def encode_tiled(self, image: torch.Tensor, tile: int = 512, overlap: int = 64,
                      progress=None) -> torch.Tensor:
         """Encode in overlapping tiles of `tile` pixels (VAEEncodeTiled semantics), blending seams."""
-        x = self._from_image(image)
+        x = image_to_pixels(image, self.downscale_ratio, self.config.in_channels, "VAE encode")
         r = self.downscale_ratio
         tile_p, overlap_p = tiling.tile_params(tile, overlap, 1, what="VAE encode tile", align=r)
         return tiling.tiled_map(x, lambda t: self._run(AutoencoderKL.encode_mode, t), tile_p, overlap_p,
                                 up=1, down=r, out_channels=self.latent_channels, progress=progress)
-
-    # ---- conversions -----------------------------------------------------------------------------
-    def _check_latent(self, samples: torch.Tensor) -> torch.Tensor:
-        if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
-            raise VAEError(f"VAE decode expects latents [B,C,h,w], got "
-                           f"{getattr(samples, 'shape', type(samples).__name__)}")
-        if samples.shape[1] != self.latent_channels:
-            raise VAEError(f"VAE decode expects {self.latent_channels} latent channels, got "
-                           f"{samples.shape[1]} (latent shape {list(samples.shape)})")
-        return samples
-
-    @staticmethod
-    def _to_image(pixels: torch.Tensor) -> torch.Tensor:
-        return ((pixels + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1).contiguous()
-
-    def _from_image(self, image: torch.Tensor) -> torch.Tensor:
-        """IMAGE [B,H,W,C] -> [B,3,H',W'] in -1..1, centre-cropped to multiples of the ratio."""
-        if not isinstance(image, torch.Tensor) or image.ndim != 4:
-            raise VAEError(f"VAE encode expects an IMAGE [B,H,W,C], got "
-                           f"{getattr(image, 'shape', type(image).__name__)}")
-        r = self.downscale_ratio
-        h, w = (image.shape[1] // r) * r, (image.shape[2] // r) * r
-        if h == 0 or w == 0:
-            raise VAEError(f"VAE encode needs an image of at least {r}x{r} pixels, got "
-                           f"{image.shape[2]}x{image.shape[1]}")
-        top, left = (image.shape[1] % r) // 2, (image.shape[2] % r) // 2
-        image = image[:, top:top + h, left:left + w, : self.config.in_channels]
-        if image.shape[-1] != self.config.in_channels:
-            raise VAEError(f"VAE encode expects {self.config.in_channels} colour channels, got "
-                           f"{image.shape[-1]}")
-        return image.permute(0, 3, 1, 2).float() * 2.0 - 1.0
 
     def _empty_cache(self) -> None:
         if self.device.type == "cuda":
