@@ -154,6 +154,7 @@ class _PromptRun:
                                      self.infos, extra_data.get("extra_pnginfo"))
         self.roots = sorted_ids(outputs) if outputs is not None else \
             [n for n in sorted_ids(prompt) if self._info(n).output_node]
+        self._root_set = set(self.roots)
         self.values: dict[str, list] = {}
         self.ui: dict[str, dict] = {}
         self.messages: list = []
@@ -284,7 +285,10 @@ class _PromptRun:
         return decl is not None and bool(decl[2].get("lazy"))
 
     def _from_cache(self, node_id: str) -> bool:
-        """Load a cached node's outputs without visiting it (COMPAT §3.2)."""
+        """Load a cached node's outputs without visiting it (COMPAT §3.2). Requested output
+        nodes are always visited, so their cached UI is re-sent and lands in the history."""
+        if node_id in self._root_set:
+            return False
         try:
             entry = self.ex.cache.get(self.sigs.key(node_id))
         except Exception:
@@ -399,9 +403,12 @@ class _PromptRun:
                 for nid in finished:
                     self._push_ready(nid)  # collected by _execute, which pops async_waiting
                 return
+            if self.ex._interrupt.is_set():
+                raise _Interrupted(sorted_ids(self.async_waiting)[0])
             futures = [t for tasks, _ in self.async_waiting.values() for t in tasks
                        if isinstance(t, asyncio.Future) and not t.done()]
-            await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+            # Wake up now and then to honour an interrupt while only async nodes are running.
+            await asyncio.wait(futures, timeout=0.1, return_when=asyncio.FIRST_COMPLETED)
 
     def _raise_cycle(self) -> None:
         g = nx.DiGraph()
@@ -579,6 +586,8 @@ class _PromptRun:
             results.append(r)
         if any(isinstance(r, asyncio.Future) for r in results):
             await asyncio.sleep(0)  # let tasks that finish immediately finish
+            if not block:  # an async check_lazy_status: its answer is needed before going on
+                results = [await r if isinstance(r, asyncio.Future) else r for r in results]
         if invoked and func_name == info.function_name:
             self.ran.append(node_id)
         return results

@@ -399,6 +399,58 @@ class Counter:
         return (self.count,)
 
 
+class LoopOpen:
+    """Start of a while-style loop body (ComfyUI flow-control pattern)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT",), "remaining": ("INT",)}}
+
+    RETURN_TYPES = ("FLOW_CONTROL", "INT", "INT")
+    FUNCTION = "run"
+
+    def run(self, value, remaining):
+        return ("open", value, remaining)
+
+
+class LoopClose:
+    """End of the loop: while `remaining` > 0, expands into a fresh copy of the body (read from
+    DYNPROMPT) whose LoopOpen starts from this iteration's values."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"flow": ("FLOW_CONTROL", {"rawLink": True}), "value": ("INT",),
+                             "remaining": ("INT",)},
+                "hidden": {"dynprompt": "DYNPROMPT", "unique_id": "UNIQUE_ID"}}
+
+    RETURN_TYPES = ("INT",)
+    FUNCTION = "run"
+
+    def run(self, flow, value, remaining, dynprompt, unique_id):
+        CALLS.append(("LoopClose", value, remaining))
+        if remaining <= 0:
+            return (value,)
+        open_id = flow[0]
+        body, stack = set(), [unique_id]
+        while stack:  # every node between LoopOpen and this node
+            for v in dynprompt.get_node(stack.pop())["inputs"].values():
+                if isinstance(v, list) and len(v) == 2 and v[0] != open_id and v[0] not in body:
+                    body.add(v[0])
+                    stack.append(v[0])
+        g = GraphBuilder()
+        new_open = g.node("LoopOpen", value=value, remaining=remaining)
+        ids = {open_id: new_open.id}
+        for nid in body:
+            ids[nid] = g.node(dynprompt.get_node(nid)["class_type"], id="b" + nid).id
+        ids[unique_id] = g.node("LoopClose", id="close").id
+        for nid in list(body) + [unique_id]:
+            clone = g.lookup_node(ids[nid][len(g.prefix):])
+            for name, v in dynprompt.get_node(nid)["inputs"].items():
+                is_ref = isinstance(v, list) and len(v) == 2 and v[0] in ids
+                clone.set_input(name, [ids[v[0]], v[1]] if is_ref else v)
+        return {"result": (g.lookup_node("close").out(0),), "expand": g.finalize()}
+
+
 def nan_free(x):
     return x == x and not (isinstance(x, float) and math.isnan(x))
 
@@ -406,7 +458,7 @@ def nan_free(x):
 NODES = {c.__name__: c for c in (
     IntConst, Add, Mul, Output, Options, StrOut, Validated, TypedValidate, Volatile, Stamp, Range,
     SumList, LazySwitch, Gate, CountUp, CycleMaker, AsyncSleep, Steps, Fail, ReturnsNone, Hidden,
-    Counter)}
+    Counter, LoopOpen, LoopClose)}
 
 
 def registry() -> Registry:

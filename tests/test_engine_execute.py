@@ -341,3 +341,44 @@ def test_execute_inside_running_event_loop():
     async def main():
         return Executor(N.registry()).execute({"1": const(1), "2": output(["1", 0])}, "pid", {}, ["2"])
     assert asyncio.run(main()).outputs == {"2": {"value": [1]}}
+
+
+def test_while_loop_clones_its_body_through_dynprompt():
+    # value doubles while remaining counts down from 3: 1 -> 2 -> 4 -> 8
+    p = {"1": {"class_type": "LoopOpen", "inputs": {"value": 1, "remaining": 3}},
+         "2": {"class_type": "Mul", "inputs": {"a": ["1", 1], "b": 2}},
+         "3": add(["1", 2], -1),
+         "4": {"class_type": "LoopClose", "inputs": {"flow": ["1", 0], "value": ["2", 0],
+                                                     "remaining": ["3", 0]}},
+         "5": output(["4", 0])}
+    ex = Executor(N.registry())
+    result, events = run(p, ex)
+    assert result.status_str == "success", result.error
+    assert result.outputs["5"] == {"value": [8]}
+    assert [c[1:] for c in N.CALLS if c[0] == "LoopClose"] == [(2, 2), (4, 1), (8, 0)]
+    displays = {d["display_node"] for e, d in events if e == "executing"}
+    assert displays == {"1", "2", "3", "4", "5"}  # ephemeral nodes show as the loop's close node
+    N.CALLS.clear()
+    assert run(p, ex)[0].ran == [] and N.CALLS == []  # the whole loop result is cached
+
+
+def test_cached_output_upstream_of_another_output_still_reports_ui():
+    # "2" is an output and also feeds output "3": on a cached re-run both re-send their UI
+    class PassOut:
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"value": ("INT",)}}
+        RETURN_TYPES = ("INT",)
+        FUNCTION = "run"
+        OUTPUT_NODE = True
+
+        def run(self, value):
+            return {"ui": {"v": [value]}, "result": (value,)}
+    ex = Executor(registry_plus(PassOut=PassOut))
+    p = {"1": const(1), "2": {"class_type": "PassOut", "inputs": {"value": ["1", 0]}},
+         "3": output(["2", 0])}
+    first = ex.execute(p, "a", {}, ["2", "3"])
+    events = []
+    second = ex.execute(p, "b", {}, ["3", "2"], [lambda e, d: events.append((e, d))])
+    assert second.ran == [] and second.outputs == first.outputs == {"2": {"v": [1]}, "3": {"value": [1]}}
+    assert sorted(d["node"] for e, d in events if e == "executed") == ["2", "3"]
