@@ -34,6 +34,7 @@ BOS_TEXT = "<|startoftext|>"
 EOS_TEXT = "<|endoftext|>"
 _N_MERGES = 49152 - 256 - 2  # the merges CLIP uses from the file: vocab size minus bytes and specials
 _END_OF_WORD = "</w>"
+_WORD_CACHE_LIMIT = 200_000
 _CONTRACTIONS = ("'s", "'t", "'re", "'ve", "'m", "'ll", "'d")
 
 # Unicode White_Space (what the tokenizers crate's `\s` means); Python's str.isspace() differs
@@ -167,7 +168,8 @@ class CLIPTokenizer:
         self.merge_ranks = {pair: rank for rank, pair in enumerate(merges)}
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
-        # Prompts repeat the same words endlessly; BPE of a word is pure, so cache it forever.
+        # Prompts repeat the same words endlessly and BPE of a word is pure, so cache it; the bound
+        # only keeps a long-running server's memory flat.
         self._word_cache: dict[str, tuple[int, ...]] = {}
 
     @property
@@ -179,13 +181,10 @@ class CLIPTokenizer:
         symbols = list(word[:-1]) + [word[-1] + _END_OF_WORD]
         ranks = self.merge_ranks
         while len(symbols) > 1:
-            best = min(
-                ((ranks.get(pair, _N_MERGES), pair) for pair in zip(symbols, symbols[1:])),
-                key=lambda item: item[0],
-            )
-            if best[0] == _N_MERGES:
+            best = min(zip(symbols, symbols[1:]), key=lambda pair: ranks.get(pair, _N_MERGES))
+            if best not in ranks:
                 break
-            first, second = best[1]
+            first, second = best
             merged = []
             i = 0
             while i < len(symbols):
@@ -203,6 +202,8 @@ class CLIPTokenizer:
         if ids is None:
             encoded = "".join(self.byte_encoder[b] for b in word.encode("utf-8"))
             ids = tuple(self.token_to_id[s] for s in self._bpe(encoded))
+            if len(self._word_cache) >= _WORD_CACHE_LIMIT:
+                self._word_cache.clear()
             self._word_cache[word] = ids
         return ids
 
