@@ -9,24 +9,13 @@ from safetensors.torch import save_file
 from diffusion import latent_formats, taesd
 from diffusion.taesd import TAESDConfig, TAESDError
 from diffusion.vae import VAEError
-from tests.vae_keymap import diffusers_taesd_part_to_original
+from tests.vae_keymap import diffusers_taesd_part_to_original, tiny_diffusers_taesd
 
 REL_TOL = 1e-4  # float32, same weights
 
 
 def rel_err(a, b) -> float:
     return ((a - b).abs().max() / b.abs().max()).item()
-
-
-def tiny_diffusers_taesd(width=16, latent_channels=4, seed=0):
-    from diffusers import AutoencoderTiny
-    torch.manual_seed(seed)
-    model = AutoencoderTiny(encoder_block_out_channels=(width,) * 4, decoder_block_out_channels=(width,) * 4,
-                            latent_channels=latent_channels).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    return model
 
 
 @pytest.fixture(scope="module")

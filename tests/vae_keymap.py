@@ -93,3 +93,15 @@ def tiny_diffusers_vae(seed: int = 0, norm_groups: int = 32, block_out_channels=
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     return model
+
+
+def tiny_diffusers_taesd(width: int = 16, latent_channels: int = 4, seed: int = 0):
+    """A small random-weight diffusers AutoencoderTiny (the TAESD layer order, narrower)."""
+    from diffusers import AutoencoderTiny
+    torch.manual_seed(seed)
+    model = AutoencoderTiny(encoder_block_out_channels=(width,) * 4, decoder_block_out_channels=(width,) * 4,
+                            latent_channels=latent_channels).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
