@@ -184,17 +184,12 @@ def estimate_unet_memory(config, shape, dtype=torch.float32, context_tokens: int
     activations = (skips + 12 * widest) * b * item
     attn = 0
     backend = attention_backend or get_backend()
-    depth_any = [d for d in config.transformer_depth if d]
-    if depth_any:
-        # the first level with attention has the most tokens
-        first = next(i for i, d in enumerate(config.transformer_depth) if d)
-        level = 0
-        acc = 0
-        for lv, n in enumerate(config.num_res_blocks):
-            if first < acc + n:
-                level = lv
-                break
-            acc += n
+    # The first level with attention has the most tokens; transformer_depth lists input res blocks
+    # level by level.
+    levels = [lv for lv, n in enumerate(config.num_res_blocks) for _ in range(n)]
+    with_attention = [lv for lv, d in zip(levels, config.transformer_depth) if d]
+    if with_attention:
+        level = with_attention[0]
         tokens = -(-h * w // (4 ** level))
         heads, _ = config.heads_for(mc * config.channel_mult[level])
         scores = b * heads * tokens * max(tokens, context_tokens) * 4

@@ -202,3 +202,12 @@ def test_prediction_detection_for_sd2():
     assert ck.detect_prediction(sd, config, {}, sd={"v_pred": torch.zeros(())}) == "v_prediction"
     with pytest.raises(ValueError, match="prediction must be"):
         ck.detect_prediction(sd, config, {}, prediction="x0")
+
+
+def test_legacy_pickle_format_loads_weights_only(tmp_path, sd1_file):
+    _, sd = sd1_file
+    path = tmp_path / "legacy.pt"
+    torch.save(sd, path, _use_new_zipfile_serialization=False)  # no mmap possible: read normally
+    tensors, metadata = ck.read_state_dict(path)
+    assert metadata == {} and set(tensors) == set(sd)
+    assert all(torch.equal(tensors[k], sd[k]) for k in sd)

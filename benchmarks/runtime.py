@@ -1,0 +1,251 @@
+"""Model runtime: checkpoint load, UNet forward per attention backend, VAE decode, and diffusers' UNet
+on the same weights.
+
+    python benchmarks/runtime.py [--sizes 32 64] [--repeat 1] [--skip-vae] [--skip-diffusers]
+
+The first run writes a full-size SD1.5-architecture checkpoint with random weights (fp32, ~4.3 GB:
+UNet, VAE, CLIP-L) to benchmarks/out/ (ignored by git); later runs reuse it. Every measurement runs
+in a fresh Python process, so each peak RSS (VmHWM) is that step's alone:
+- load: `load_checkpoint` wall time and peak RSS, then the peak after one forward has touched every
+  UNet weight. Goal: peak <= 1.3x the file size (the file is memory-mapped, not copied).
+- unet: seconds per forward, batch 2 (one CFG step), at each latent size, per attention backend.
+- diffusers: UNet2DConditionModel (its default SDPA attention) with the same tensors; ratio = ours /
+  diffusers (goal <= 1.0).
+- vae: decode time and peak RSS at 512x512 and 1024x1024 pixels.
+Times are the best of --repeat runs after one warm-up at the smallest size.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+OUT = ROOT / "benchmarks" / "out"
+CHECKPOINT = OUT / "sd15-arch-random-fp32.safetensors"
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers run inside the step processes
+
+def _rss() -> dict:
+    """Current and peak resident set size of this process, in bytes (Linux /proc)."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, value = line.split(":")
+                out[key] = int(value.split()[0]) * 1024
+    return {"rss": out.get("VmRSS", 0), "peak": out.get("VmHWM", 0)}
+
+
+def _write_safetensors(tensors: dict, path: Path) -> None:
+    """Stream tensors to a .safetensors file one at a time, so writing needs no second model copy."""
+    import struct
+
+    import torch
+
+    names = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
+    header, offset = {}, 0
+    for k, t in tensors.items():
+        n = t.numel() * t.element_size()
+        header[k] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    header["__metadata__"] = {"latentgraph.note": "random weights, SD1.5 architecture (benchmarks/runtime.py)"}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-(len(raw) + 8) % 8)  # keep tensor data 8-byte aligned
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for t in tensors.values():
+            f.write(t.detach().contiguous().view(torch.uint8).reshape(-1).numpy().tobytes())
+    os.replace(tmp, path)
+
+
+def step_make() -> dict:
+    import torch
+
+    from diffusion.clip import ClipTextConfig, ClipTextModel
+    from diffusion.config import UNetConfig
+    from diffusion.unet import UNetModel
+    from diffusion.vae import AutoencoderKL, VAEConfig
+
+    torch.manual_seed(0)
+    tensors = {}
+    parts = (
+        ("model.diffusion_model.", lambda: UNetModel(UNetConfig())),  # defaults are SD1.5's sizes
+        ("first_stage_model.", lambda: AutoencoderKL(VAEConfig())),
+        ("cond_stage_model.transformer.", lambda: ClipTextModel(ClipTextConfig(
+            layout="hf", width=768, layers=12, heads=12, vocab_size=49408, context_length=77,
+            projection_dim=None, activation="quick_gelu")).init_weights()),
+    )
+    for prefix, build in parts:
+        with torch.no_grad():
+            for k, v in build().state_dict().items():
+                tensors[prefix + k] = v
+    OUT.mkdir(parents=True, exist_ok=True)
+    _write_safetensors(tensors, CHECKPOINT)
+    return {"bytes": CHECKPOINT.stat().st_size}
+
+
+def _inputs(size: int, batch: int = 2):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(batch, 4, size, size, generator=g), torch.tensor([999.0, 500.0][:batch]),
+            torch.randn(batch, 77, 768, generator=g))
+
+
+def _time(fn, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def step_load(repeat: int, sizes) -> dict:
+    import torch
+
+    from diffusion.checkpoint import load_checkpoint
+
+    t0 = time.perf_counter()
+    model, clip, vae, arch = load_checkpoint(CHECKPOINT)
+    load_s = time.perf_counter() - t0
+    after_load = _rss()
+    x, t, ctx = _inputs(8, batch=1)
+    with torch.inference_mode():
+        model.model(x, t[:1], ctx)
+    return {"arch": arch, "load_s": load_s, "peak_after_load": after_load["peak"],
+            "peak_after_forward": _rss()["peak"]}
+
+
+def step_unet(repeat: int, sizes) -> dict:
+    import torch
+
+    from diffusion import attention
+    from diffusion.checkpoint import load_unet
+
+    model = load_unet(CHECKPOINT).model
+    results = {}
+    with torch.inference_mode():
+        model(*_inputs(min(sizes)))  # warm-up
+        for backend in attention.available_backends():
+            attention.set_backend(backend)
+            for size in sizes:
+                x, t, ctx = _inputs(size)
+                results[f"{backend}@{size}"] = _time(lambda: model(x, t, ctx), repeat)
+    return results
+
+
+def step_diffusers(repeat: int, sizes) -> dict:
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from diffusion.checkpoint import read_state_dict, split_state_dict
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from unet_keymap import diffusers_to_original_key  # the mapping the equivalence tests verify
+
+    unet_sd = split_state_dict(read_state_dict(CHECKPOINT)[0])["unet"]
+    with torch.device("meta"):
+        ref = UNet2DConditionModel(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
+                                   cross_attention_dim=768, attention_head_dim=8)
+    up_attn = [hasattr(b, "attentions") and len(b.attentions) > 0 for b in ref.up_blocks]
+    sd = {k: unet_sd[diffusers_to_original_key(k, 2, up_attn)] for k in ref.state_dict()}
+    ref.load_state_dict(sd, assign=True)
+    ref.eval()
+    results = {}
+    with torch.inference_mode():
+        ref(*_inputs(min(sizes)))
+        for size in sizes:
+            x, t, ctx = _inputs(size)
+            results[f"diffusers@{size}"] = _time(lambda: ref(x, t, ctx), repeat)
+    return results
+
+
+def step_vae(repeat: int, sizes, pixels: int) -> dict:
+    import torch
+
+    from diffusion.checkpoint import load_vae
+
+    vae = load_vae(CHECKPOINT)
+    z = torch.randn(1, 4, pixels // 8, pixels // 8, generator=torch.Generator().manual_seed(0))
+    before = _rss()["peak"]
+    seconds = _time(lambda: vae.decode(z), repeat)
+    return {"decode_s": seconds, "peak_before": before, "peak": _rss()["peak"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Orchestration
+
+def _run_step(name: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--step", name, "--repeat", str(args.repeat),
+           "--sizes", *map(str, args.sizes)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        raise SystemExit(f"step {name} failed")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64], help="latent sizes (pixels / 8)")
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--skip-vae", action="store_true")
+    ap.add_argument("--skip-diffusers", action="store_true")
+    ap.add_argument("--step", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.step:
+        steps = {"make": lambda: step_make(), "load": lambda: step_load(args.repeat, args.sizes),
+                 "unet": lambda: step_unet(args.repeat, args.sizes),
+                 "diffusers": lambda: step_diffusers(args.repeat, args.sizes),
+                 "vae512": lambda: step_vae(args.repeat, args.sizes, 512),
+                 "vae1024": lambda: step_vae(args.repeat, args.sizes, 1024)}
+        print(json.dumps(steps[args.step]()))
+        return
+
+    import torch
+
+    if not CHECKPOINT.exists():
+        print(f"writing {CHECKPOINT} (once) ...", flush=True)
+        _run_step("make", args)
+    size = CHECKPOINT.stat().st_size
+    gib = 1 << 30
+    device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"device: {device}; checkpoint {size / gib:.2f} GiB; batch 2; best of {args.repeat}\n")
+
+    load = _run_step("load", args)
+    print("| measure | value |\n|---|---|")
+    print(f"| load_checkpoint ({load['arch']}) | {load['load_s']:.2f} s |")
+    print(f"| peak RSS after load | {load['peak_after_load'] / gib:.2f} GiB "
+          f"({load['peak_after_load'] / size:.2f}x file) |")
+    print(f"| peak RSS after first forward | {load['peak_after_forward'] / gib:.2f} GiB "
+          f"({load['peak_after_forward'] / size:.2f}x file; goal <= 1.3x) |")
+
+    unet = _run_step("unet", args)
+    ref = {} if args.skip_diffusers else _run_step("diffusers", args)
+    for key, seconds in unet.items():
+        backend, s = key.split("@")
+        line = f"| UNet forward {backend}, latent {s}x{s} | {seconds:.2f} s"
+        if f"diffusers@{s}" in ref:
+            line += f" (diffusers {ref[f'diffusers@{s}']:.2f} s, ratio {seconds / ref[f'diffusers@{s}']:.2f})"
+        print(line + " |")
+    if not args.skip_vae:
+        for px in (512, 1024):
+            r = _run_step(f"vae{px}", args)
+            print(f"| VAE decode {px}x{px} | {r['decode_s']:.2f} s, peak RSS {r['peak'] / gib:.2f} GiB "
+                  f"(+{(r['peak'] - r['peak_before']) / gib:.2f} GiB over the loaded VAE) |")
+
+
+if __name__ == "__main__":
+    main()
