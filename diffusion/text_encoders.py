@@ -42,7 +42,11 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from diffusion import memory
 from diffusion.clip import ClipConfigError, ClipTextConfig, ClipTextModel, detect_layout
+from diffusion.model_patcher import ModelPatcher
+from diffusion.prompt_tokens import EmbeddingLookup, tokenize_weighted
+from diffusion.tokenizer import get_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -84,17 +88,9 @@ TOWERS = {
 POOLED_TOWER = {"sd1": "l", "sd2": "h", "sdxl": "g", "sdxl_refiner": "g"}
 
 
-def _default_device() -> torch.device:
-    from diffusion.memory import get_torch_device  # honours --cpu / device flags
-
-    return get_torch_device()
-
-
 def _default_dtypes(device) -> tuple[torch.dtype, torch.dtype]:
     """(storage, compute) dtypes from the runtime settings (fp16 / fp32-on-CPU unless flags say otherwise)."""
-    from diffusion.memory import text_encoder_dtype
-
-    return text_encoder_dtype(device)
+    return memory.text_encoder_dtype(device)
 
 
 def empty_tokens(pad_token: int, length: int = 77) -> list[int]:
@@ -116,8 +112,6 @@ class CLIP:
         self.specs = TOWERS[arch]
         self.encoders = encoders
         self.embedding_dirs = tuple(embedding_dirs)
-        from diffusion.model_patcher import ModelPatcher
-
         # The patcher moves the weights on and off the device under diffusion.memory's control and
         # applies weight patches (LoRA) without copying the base weights, as it does for the UNet.
         self.patcher = ModelPatcher(TextEncoderStack(encoders), arch, load_device=device)
@@ -152,9 +146,6 @@ class CLIP:
 
     def tokenize(self, text: str) -> dict[str, list]:
         """Prompt text -> {tower key: chunks of 77 (token, weight) pairs}."""
-        from diffusion.prompt_tokens import tokenize_weighted
-        from diffusion.tokenizer import get_tokenizer
-
         tokenizer = get_tokenizer()
         return {
             spec.key: tokenize_weighted(text, tokenizer, self._embedding_lookup(spec),
@@ -163,13 +154,17 @@ class CLIP:
             for spec in self.specs
         }
 
-    def encode_from_tokens(self, tokens: dict, return_pooled: bool = False):
-        """Tokens from `tokenize` -> cond [1, 77·k, D] (and pooled [1, P] if `return_pooled`)."""
+    def encode_from_tokens(self, tokens: dict, return_pooled=False):
+        """Tokens from `tokenize` -> cond [1, 77·k, D] (and pooled [1, P] if `return_pooled`).
+
+        `return_pooled="unprojected"` returns the pooled state before text_projection (ComfyUI's option).
+        """
+        projected = return_pooled != "unprojected"
         outs = {}
         for spec in self.specs:
             if spec.key not in tokens:
                 raise TextEncoderError(f"{self.arch} CLIP needs tokens for {spec.key!r}, got keys {sorted(tokens)}")
-            outs[spec.key] = self._encode_weighted(spec, tokens[spec.key])
+            outs[spec.key] = self._encode_weighted(spec, tokens[spec.key], projected)
         if len(self.specs) == 1:
             cond = outs[self.specs[0].key][0]
         else:  # SDXL: L and bigG side by side; a longer prompt on one side is cut to the shorter
@@ -180,6 +175,10 @@ class CLIP:
             return cond, outs[POOLED_TOWER[self.arch]][1]
         return cond
 
+    def encode(self, text: str) -> torch.Tensor:
+        """`encode_from_tokens(tokenize(text))`."""
+        return self.encode_from_tokens(self.tokenize(text))
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Weights under their original single-file checkpoint keys (for saving)."""
         return {spec.prefix + k: v for spec in self.specs for k, v in self.encoders[spec.key].state_dict().items()}
@@ -188,8 +187,6 @@ class CLIP:
 
     def _embedding_lookup(self, spec: TowerSpec):
         if spec.key not in self._lookups:
-            from diffusion.prompt_tokens import EmbeddingLookup
-
             width = self.encoders[spec.key].config.width
             self._lookups[spec.key] = EmbeddingLookup(self.embedding_dirs, width, spec.embedding_key)
         return self._lookups[spec.key]
@@ -201,7 +198,7 @@ class CLIP:
         return n
 
     @torch.no_grad()
-    def _encode_weighted(self, spec: TowerSpec, chunks: list):
+    def _encode_weighted(self, spec: TowerSpec, chunks: list, projected: bool = True):
         model = self.encoders[spec.key]
         rows = [[tok for tok, _ in chunk] for chunk in chunks]
         weights = [[float(w) for _, w in chunk] for chunk in chunks]
@@ -212,7 +209,7 @@ class CLIP:
         has_weights = any(w != 1.0 for row in weights for w in row)
         if has_weights or not rows:
             rows.append(empty_tokens(spec.pad_token, length))
-        z, pooled = self._run(spec, model, rows)
+        z, pooled = self._run(spec, model, rows, projected)
         if not chunks:
             return z, pooled
         z_chunks = z[: len(chunks)]
@@ -223,7 +220,7 @@ class CLIP:
             z_chunks = torch.where(w != 1.0, (z_chunks - z_empty) * w + z_empty, z_chunks)
         return z_chunks.reshape(1, -1, z_chunks.shape[-1]), pooled[:1]
 
-    def _run(self, spec: TowerSpec, model: ClipTextModel, rows: list[list]):
+    def _run(self, spec: TowerSpec, model: ClipTextModel, rows: list[list], projected: bool = True):
         """Encode rows of tokens (ints or embedding vectors) -> (cond [B, N, D], pooled [B, P]) on CPU."""
         device = self.load_device
         width = model.config.width
@@ -254,11 +251,10 @@ class CLIP:
             z = out.last_hidden
         else:
             z = model.final_norm(out.hidden) if spec.norm_hidden else out.hidden
-        return z.float().cpu(), out.projected.float().cpu()
+        pooled = out.projected if projected else out.pooled
+        return z.float().cpu(), pooled.float().cpu()
 
     def _load(self) -> None:
-        from diffusion import memory
-
         p = self.patcher
         if not p.is_patched() or self.encoders[self.specs[0].key].token_embedding_weight.device != p.load_device:
             memory.load_models([p])
@@ -284,8 +280,8 @@ def text_model_from_state_dict(sd, activation: str, *, dtype=None, device="cpu",
                                where: str = "text encoder") -> ClipTextModel:
     """Build a `ClipTextModel` from weights whose keys start at the text model (prefix stripped).
 
-    The tensors are cast to `dtype` (default: `diffusion.memory.text_encoder_dtype`) and assigned without an extra copy where they
-    already have it. `where` names the source in error messages.
+    The tensors are cast to `dtype` (default: `diffusion.memory.text_encoder_dtype`) and assigned
+    without an extra copy where they already have it. `where` names the source in error messages.
     """
     sd = {k: v for k, v in sd.items() if k not in IGNORED_KEYS}
     try:
@@ -312,10 +308,13 @@ def text_model_from_state_dict(sd, activation: str, *, dtype=None, device="cpu",
 
 
 def _build(arch: str, tower_sds: dict[str, dict], embedding_dirs, dtype, device, compute_dtype, where):
-    device = torch.device(device) if device is not None else _default_device()
+    device = torch.device(device) if device is not None else memory.get_torch_device()
+    dtype = dtype or _default_dtypes(device)[0]
+    # Weights start on the CPU (no copy of memory-mapped tensors already in `dtype`); the patcher
+    # moves them to `device` when a prompt is encoded, and diffusion.memory may move them back.
     encoders = {
         spec.key: text_model_from_state_dict(
-            tower_sds[spec.key], spec.activation, dtype=dtype, device=device,
+            tower_sds[spec.key], spec.activation, dtype=dtype, device="cpu",
             where=f"{where} ({spec.key!r} text encoder)",
         )
         for spec in TOWERS[arch]

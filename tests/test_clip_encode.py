@@ -87,6 +87,9 @@ def test_sd2_penultimate_without_final_norm(checkpoints, refs):
     cond, pooled = clip.encode_from_tokens({"h": [chunk]}, return_pooled=True)
     assert max_rel_err(cond, hidden[-2]) <= TOL
     assert pooled.shape == (1, 48) and max_rel_err(pooled, projected) <= TOL
+    _, unprojected = clip.encode_from_tokens({"h": [chunk]}, return_pooled="unprojected")
+    eos = len(WORDS) + 1
+    assert unprojected.shape == (1, 64) and max_rel_err(unprojected[0], last[0, eos]) <= TOL
     clip.set_last_layer(-1)  # raw last layer: NOT the final-normed last_hidden_state
     cond = clip.encode_from_tokens({"h": [chunk]})
     assert max_rel_err(cond, hidden[-1]) <= TOL
@@ -324,3 +327,15 @@ def test_checkpoint_module_loads_text_encoder_files(tmp_path, refs):
     clip = checkpoint.load_text_encoders([path], "stable_diffusion")
     assert clip.arch == "sd1" and clip.dtype == torch.float16
     assert clip.encode_from_tokens({"l": [_chunk(WORDS, EOS)]}).shape == (1, 77, 64)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fp16_matches_cpu(checkpoints):
+    cpu = clip_from_state_dict(load_file(str(checkpoints["sdxl"])), "sdxl", device="cpu")
+    gpu = clip_from_state_dict(load_file(str(checkpoints["sdxl"])), "sdxl", device="cuda")
+    assert gpu.compute_dtype == torch.float16
+    tokens = {"l": [_chunk(WORDS, EOS, {3: 1.2})], "g": [_chunk(WORDS, 0, {3: 1.2})]}
+    cond_cpu, pooled_cpu = cpu.encode_from_tokens(tokens, return_pooled=True)
+    cond_gpu, pooled_gpu = gpu.encode_from_tokens(tokens, return_pooled=True)
+    assert cond_gpu.device.type == "cpu" and cond_gpu.dtype == torch.float32
+    assert max_rel_err(cond_gpu, cond_cpu) <= 1e-2 and max_rel_err(pooled_gpu, pooled_cpu) <= 1e-2
