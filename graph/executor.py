@@ -64,6 +64,14 @@ def _format_value(x: Any) -> Any:
     return str(x)
 
 
+def _tip(exc: BaseException) -> str:
+    """A hint appended to the message of errors users can act on (COMPAT §3.5 adds one for OOM)."""
+    if "OutOfMemory" in type(exc).__name__:
+        return ("\nThe device ran out of memory. Try a smaller image or batch, tiled VAE nodes, "
+                "or free memory (POST /free) and run again.")
+    return ""
+
+
 class _NodeFailed(Exception):
     def __init__(self, node_id: str, exc: BaseException, inputs: Optional[dict]):
         super().__init__(str(exc))
@@ -275,7 +283,7 @@ class _PromptRun:
                 else _format_value(values)
         return {"prompt_id": self.prompt_id, "node_id": self.dyn.get_real_node_id(e.node_id),
                 "node_type": node.get("class_type"), "executed": list(self.executed),
-                "exception_message": str(exc), "exception_type": full_type_name(type(exc)),
+                "exception_message": str(exc) + _tip(exc), "exception_type": full_type_name(type(exc)),
                 "traceback": traceback.format_tb(exc.__traceback__), "current_inputs": inputs,
                 "current_outputs": sorted_ids(self.values), "timestamp": _now_ms()}
 

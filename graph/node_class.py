@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import threading
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -124,3 +125,27 @@ def hidden_kind(value: Any) -> Any:
     if isinstance(value, (tuple, list)) and value:
         return value[0]
     return value
+
+
+def run_maybe_async(value):
+    """Resolve a coroutine returned by a class-level hook (V3 allows async ones).
+
+    Validation is synchronous and may be called from inside a running event loop (the server),
+    so the coroutine runs on a private loop in a helper thread.
+    """
+    if not asyncio.iscoroutine(value):
+        return value
+    box: dict = {}
+
+    def runner():
+        try:
+            box["v"] = asyncio.run(value)
+        except BaseException as e:  # re-raised in the caller's thread
+            box["e"] = e
+
+    t = threading.Thread(target=runner, daemon=True)
+    t.start()
+    t.join()
+    if "e" in box:
+        raise box["e"]
+    return box["v"]

@@ -17,9 +17,8 @@ import itertools
 import math
 from typing import Any, Callable, Optional
 
-from graph.node_class import ClassInfoCache, hidden_kind
+from graph.node_class import ClassInfoCache, hidden_kind, run_maybe_async
 from graph.types import is_link
-from graph.validate import run_maybe_async
 
 _unique_counter = itertools.count()
 

@@ -6,14 +6,12 @@ coerce to False, and nothing recurses, so a 100,000-node chain validates like a 
 """
 from __future__ import annotations
 
-import asyncio
-import threading
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from graph.node_class import ClassInfo, ClassInfoCache, hidden_kind
+from graph.node_class import ClassInfo, ClassInfoCache, hidden_kind, run_maybe_async
 from graph.prompt import find_cycles
 from graph.types import SCALAR_TYPES, coerce_scalar, node_id_key, sorted_ids, types_match
 
@@ -56,30 +54,6 @@ def _input_config(type_: Any, opts: dict) -> list:
 
 def _bad_prompt(message: str, details: str) -> ValidationResult:
     return ValidationResult(False, reason("invalid_prompt", message, details), [], {})
-
-
-def run_maybe_async(value):
-    """Resolve a coroutine returned by a class-level hook (V3 allows async ones).
-
-    Validation is synchronous and may be called from inside a running event loop (the server),
-    so the coroutine runs on a private loop in a helper thread.
-    """
-    if not asyncio.iscoroutine(value):
-        return value
-    box: dict = {}
-
-    def runner():
-        try:
-            box["v"] = asyncio.run(value)
-        except BaseException as e:  # re-raised in the caller's thread
-            box["e"] = e
-
-    t = threading.Thread(target=runner, daemon=True)
-    t.start()
-    t.join()
-    if "e" in box:
-        raise box["e"]
-    return box["v"]
 
 
 class _Validator:

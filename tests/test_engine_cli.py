@@ -109,3 +109,16 @@ def test_cli_bad_workflow_readable_error(tmp_path):
     assert missing.returncode == 2 and "no such file" in missing.stderr
     badset = cli(EXAMPLE, "--set", "width=3")
     assert badset.returncode == 2 and "NODE.INPUT=VALUE" in badset.stderr
+
+
+def test_tqdm_listener_draws_one_bar_per_stepping_node():
+    import io
+    from graph.cli import TqdmProgress
+    stream = io.StringIO()
+    listener = TqdmProgress({"5": {"class_type": "KSampler"}}, stream=stream)
+    listener("executing", {"node": "5"})
+    for i in range(1, 4):
+        listener("progress", {"value": i, "max": 3, "node": "5", "prompt_id": "p"})
+    assert listener.bars["5"].n == 3
+    listener("execution_success", {"prompt_id": "p"})
+    assert listener.bars == {} and "5 KSampler" in stream.getvalue() and "3/3" in stream.getvalue()
