@@ -148,9 +148,11 @@ class PromptWorker:
             status_str, completed, outputs, meta = "error", False, {}, {}
             messages = [["execution_error", data]]
         interrupted = any(m and m[0] == "execution_interrupted" for m in messages)
-        finished = self.store.finish(item.prompt_id, status_str, completed, outputs, messages, meta,
-                                     worker_id=self.worker_id, interrupted=interrupted)
-        self.current = None
+        try:
+            finished = self.store.finish(item.prompt_id, status_str, completed, outputs, messages,
+                                         meta, worker_id=self.worker_id, interrupted=interrupted)
+        finally:
+            self.current = None
         if client_id is not None:
             self.hub.send_threadsafe("executing", {"node": None, "prompt_id": item.prompt_id}, client_id)
         if self.on_finished is not None:

@@ -195,3 +195,30 @@ async def test_http_answers_fast_while_a_prompt_runs(client):
         assert r.status == 200
         assert loop.time() - t0 < 0.1
     await wait_history(client, pid)
+
+
+class BrokenExecutor:
+    def execute(self, *a, **kw):
+        raise KeyError("engine bug")
+
+    def interrupt(self):
+        pass
+
+
+async def test_engine_failure_is_filed_as_error_and_worker_goes_on(env, aiohttp_client):
+    from graph.queue import PromptStore
+    from server.app import build_app
+    from server.args import parse_args
+    from tests.server_nodes import make_registry
+
+    app = build_app(parse_args([]), registry=make_registry(), folder_paths=env, store=PromptStore(),
+                    executor=BrokenExecutor())
+    client = await aiohttp_client(app)
+    ws = await connect(client, "c1")
+    for _ in range(2):
+        pid = await post(client, chain(1))
+        msgs = await ws_messages_until_done(ws, pid)
+        assert types_of(msgs)[-3:] == ["execution_error", "status", "executing"]
+        entry = await wait_history(client, pid)
+        assert entry["status"]["status_str"] == "error"
+        assert entry["status"]["messages"][0][1]["exception_type"] == "KeyError"
