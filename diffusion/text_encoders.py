@@ -43,7 +43,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from diffusion import memory
-from diffusion.clip import ClipConfigError, ClipTextConfig, ClipTextModel, detect_layout
+from diffusion.clip import ClipConfigError, ClipTextConfig, ClipTextModel, detect_layout, heads_for_width
 from diffusion.model_patcher import ModelPatcher
 from diffusion.prompt_tokens import EmbeddingLookup, tokenize_weighted
 from diffusion.tokenizer import get_tokenizer
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 ARCHES = ("sd1", "sd2", "sdxl", "sdxl_refiner")
 BOS, EOS = 49406, 49407
+VOCAB_SIZE, CONTEXT_LENGTH = 49408, 77  # every released CLIP text model of these architectures
 # Keys real checkpoints carry that the networks do not use: HF's position_ids buffer (positions are
 # always 0..N-1) and open_clip's contrastive logit_scale.
 IGNORED_KEYS = ("text_model.embeddings.position_ids", "logit_scale")
@@ -419,3 +420,34 @@ def load_text_encoders(paths, kind: str, embedding_dirs=(), *, dtype=None, devic
     sds = [read_state_dict(p)[0] for p in paths]
     return clip_from_text_encoder_files(sds, kind, embedding_dirs, dtype=dtype, device=device,
                                         compute_dtype=compute_dtype, names=[os.fspath(p) for p in paths])
+
+
+# --- scaled-down random models (tests, the demo checkpoint) ----------------------------------------
+
+def random_text_encoder_weights(arch: str, widths: dict[str, int] | None = None, layers: int = 2,
+                                seed: int = 0, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """Random text-encoder weights for `arch` under the original checkpoint keys.
+
+    `widths` maps tower keys ("l", "h", "g") to their width (default 32 each; heads follow
+    `heads_for_width`); bigG and OpenCLIP-H get a text projection of their own width, as released.
+    The SDXL UNet's context width must equal widths["l"] + widths["g"].
+    """
+    if arch not in TOWERS:
+        raise TextEncoderError(f"unknown architecture {arch!r}; expected one of {ARCHES}")
+    widths = widths or {}
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        out = {}
+        for spec in TOWERS[arch]:
+            width = widths.get(spec.key, 32)
+            config = ClipTextConfig(
+                layout="hf" if spec.key == "l" else "open_clip", width=width, layers=layers,
+                heads=heads_for_width(width), vocab_size=VOCAB_SIZE, context_length=CONTEXT_LENGTH,
+                projection_dim=None if spec.key == "l" else width, activation=spec.activation,
+            )
+            model = ClipTextModel(config).init_weights()
+            out.update({spec.prefix + k: v.to(dtype) for k, v in model.state_dict().items()})
+        return out
+    finally:
+        torch.random.set_rng_state(generator_state)

@@ -339,3 +339,18 @@ def test_cuda_fp16_matches_cpu(checkpoints):
     cond_gpu, pooled_gpu = gpu.encode_from_tokens(tokens, return_pooled=True)
     assert cond_gpu.device.type == "cpu" and cond_gpu.dtype == torch.float32
     assert max_rel_err(cond_gpu, cond_cpu) <= 1e-2 and max_rel_err(pooled_gpu, pooled_cpu) <= 1e-2
+
+
+@pytest.mark.parametrize("arch", ["sd1", "sd2", "sdxl", "sdxl_refiner"])
+def test_random_weights_load_as_checkpoints(arch):
+    from diffusion.text_encoders import TOWERS, random_text_encoder_weights
+
+    sd = random_text_encoder_weights(arch, widths={"l": 32, "g": 64}, layers=2, seed=5)
+    assert all(k.startswith(tuple(s.prefix for s in TOWERS[arch])) for k in sd)
+    assert torch.equal(sd[next(iter(sd))], random_text_encoder_weights(arch, widths={"l": 32, "g": 64},
+                                                                       layers=2, seed=5)[next(iter(sd))])
+    clip = clip_from_state_dict(sd, arch, dtype=torch.float32, device="cpu")
+    assert set(clip.state_dict()) == set(sd)
+    cond, pooled = clip.encode_from_tokens(clip.tokenize("a red fox"), return_pooled=True)
+    width = {"sd1": 32, "sd2": 32, "sdxl": 96, "sdxl_refiner": 64}[arch]
+    assert cond.shape == (1, 77, width) and torch.isfinite(cond).all() and torch.isfinite(pooled).all()
