@@ -221,14 +221,45 @@ def sample_ipndm(model, x, sigmas, extra_args=None, callback=None, disable=None,
     return _adams_bashforth(model, x, sigmas, extra_args, callback, disable, max_order, weights)
 
 
+def ipndm_v_coefficients(h: float, h1: float, h2: float | None, h3: float | None, order: int):
+    """Step-size-aware multistep coefficients of iPNDM-v as published with the AMED solver
+    (Zhou et al. 2024), newest slope first; multiply by the step h.
+
+    h is the current step, h1..h3 the previous ones (all signed sigma differences). For order 3 and 4
+    the published correction term reads (1 - a*b)/2 where exact variable-step Adams-Bashforth would
+    have (1 - a)*b/2; both agree on uniform steps. The published form is kept so results match other
+    implementations of this sampler (ComfyUI).
+    """
+    r = h / h1
+    base = [1 + r / 2, -r / 2]
+    if order == 2:
+        return base
+    a = h / (3 * (h + h1))
+    b = h * (h + h1) / (h1 * (h1 + h2))
+    t1 = (1 - a * b) / 2
+    if order == 3:
+        return [base[0] + t1, base[1] - (1 + h1 / h2) * t1, t1 * h1 / h2]
+    g = h1 * (h1 + h2) / (h2 * (h2 + h3))
+    t2 = ((1 - a) / 2 + (1 - h / (2 * (h + h1))) * h / (6 * (h + h1 + h2))) * \
+        (h * (h + h1) * (h + h1 + h2)) / (h1 * (h1 + h2) * (h1 + h2 + h3))
+    return [base[0] + t1 + t2,
+            base[1] - (1 + h1 / h2) * t1 - (1 + h1 / h2 + g) * t2,
+            t1 * h1 / h2 + (h1 / h2 + g * (1 + h2 / h3)) * t2,
+            -t2 * g * h1 / h2]
+
+
 @torch.no_grad()
 def sample_ipndm_v(model, x, sigmas, extra_args=None, callback=None, disable=None, max_order=4):
-    """iPNDM with variable step sizes (Zhou et al. 2024, 'AMED'): Adams-Bashforth weights for the
-    actual, uneven sigma spacing."""
+    """iPNDM with variable step sizes (Zhou et al. 2024, 'AMED' code release): multistep coefficients
+    adapted to the uneven sigma spacing."""
     sig = [float(s) for s in sigmas.double().cpu()]
 
     def weights(i, order):
-        return lagrange_weights([sig[i - j] for j in range(order)], sig[i], sig[i + 1])
+        h = sig[i + 1] - sig[i]
+        if order == 1:
+            return [h]
+        prev = [sig[i - k] - sig[i - k - 1] if i - k - 1 >= 0 else None for k in range(3)]
+        return [h * c for c in ipndm_v_coefficients(h, prev[0], prev[1], prev[2], order)]
 
     return _adams_bashforth(model, x, sigmas, extra_args, callback, disable, max_order, weights)
 

@@ -129,6 +129,17 @@ def test_dpmpp_2m():
     _assert_close(_ours("dpmpp_2m", x, sched.sigmas), _drive(sched, _vp(x, sched.sigmas[0]), _dpm_current))
 
 
+def test_dpmpp_3m_sde_without_noise():
+    """eta = 0 turns DPM++ 3M SDE into DPM-Solver++(3M); 16 steps keep diffusers from lowering the
+    order before the final (first-order) step."""
+    sched = diffusers.DPMSolverMultistepScheduler(**SD, algorithm_type="dpmsolver++", solver_order=3,
+                                                  use_karras_sigmas=True, final_sigmas_type="zero")
+    sched.set_timesteps(16)
+    x = _x_T(sched.sigmas[0])
+    theirs = _drive(sched, _vp(x, sched.sigmas[0]), _dpm_current)
+    _assert_close(_ours("dpmpp_3m_sde", x, sched.sigmas, eta=0.0), theirs)
+
+
 def test_dpmpp_2m_sde():
     sched = diffusers.DPMSolverMultistepScheduler(**SD, algorithm_type="sde-dpmsolver++", solver_order=2,
                                                   use_karras_sigmas=True, final_sigmas_type="zero")
