@@ -306,6 +306,42 @@ def image_to_pixels(image: torch.Tensor, ratio: int, channels: int, what: str) -
     return image.permute(0, 3, 1, 2).float() * 2.0 - 1.0
 
 
+def inpaint_inputs(pixels: torch.Tensor, mask: torch.Tensor, grow_mask_by: int = 6,
+                   ratio: int = DOWNSCALE_RATIO) -> tuple[torch.Tensor, torch.Tensor]:
+    """VAEEncodeForInpaint's preparation (COMPAT §9): (pixels to encode, noise_mask).
+
+    The mask (1 = repaint) is resized bilinearly to the image, both are centre-cropped to multiples of
+    `ratio`, masked pixels become 0.5 grey so the encoder sees no trace of them, and the noise mask is
+    the rounded mask grown by a `grow_mask_by`-square box, shape [B,1,H,W].
+    """
+    if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4:
+        raise VAEError(f"VAEEncodeForInpaint expects pixels as an IMAGE [B,H,W,C], got "
+                       f"{getattr(pixels, 'shape', type(pixels).__name__)}")
+    if not isinstance(mask, torch.Tensor) or mask.ndim not in (2, 3):
+        raise VAEError(f"VAEEncodeForInpaint expects a MASK [B,H,W] or [H,W], got "
+                       f"{getattr(mask, 'shape', type(mask).__name__)}")
+    if grow_mask_by < 0:
+        raise VAEError(f"VAEEncodeForInpaint grow_mask_by must be >= 0, got {grow_mask_by}")
+    _, h, w, _ = pixels.shape
+    m = F.interpolate(mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).float(), size=(h, w),
+                      mode="bilinear")
+    hc, wc = h // ratio * ratio, w // ratio * ratio
+    top, left = (h % ratio) // 2, (w % ratio) // 2
+    pixels = pixels[:, top:top + hc, left:left + wc].float()
+    m = m[:, :, top:top + hc, left:left + wc].round()
+    keep = (1.0 - m).permute(0, 2, 3, 1)  # [B,H,W,1]
+    grey = pixels.clone()
+    grey[..., :3] = (pixels[..., :3] - 0.5) * keep + 0.5
+    if grow_mask_by == 0:
+        grown = m
+    else:
+        # Box dilation: a window of grow_mask_by pixels, one more before the pixel than after when even.
+        pad = grow_mask_by // 2  # = ceil((grow_mask_by - 1) / 2)
+        kernel = torch.ones(1, 1, grow_mask_by, grow_mask_by)
+        grown = F.conv2d(m, kernel, padding=pad)[:, :, :hc, :wc].clamp(0, 1)
+    return grey, grown.round()
+
+
 def available_memory(device: torch.device) -> int:
     """Bytes a new allocation may use on `device` now (a seam tests can replace)."""
     return memory.get_free_memory(device)
