@@ -184,6 +184,26 @@ class CLIP:
         """Weights under their original single-file checkpoint keys (for saving)."""
         return {spec.prefix + k: v for spec in self.specs for k, v in self.encoders[spec.key].state_dict().items()}
 
+    # --- ComfyUI `comfy.sd.CLIP` method names that plugin nodes call ----------------------------------
+
+    def clip_layer(self, layer_idx: int) -> None:
+        self.set_last_layer(layer_idx)
+
+    def encode_from_tokens_scheduled(self, tokens: dict, unprojected: bool = False, add_dict=None, **_ignored):
+        """CONDITIONING `[[cond, {"pooled_output": pooled, **add_dict}]]` (no hook scheduling here)."""
+        cond, pooled = self.encode_from_tokens(tokens, return_pooled="unprojected" if unprojected else True)
+        return [[cond, {"pooled_output": pooled, **(add_dict or {})}]]
+
+    def get_sd(self) -> dict[str, torch.Tensor]:
+        return self.state_dict()
+
+    def get_key_patches(self) -> dict:
+        return self.patcher.get_key_patches()
+
+    def load_model(self):
+        self._load()
+        return self.patcher
+
     # --- internals -----------------------------------------------------------------------------------
 
     def _embedding_lookup(self, spec: TowerSpec):

@@ -354,3 +354,16 @@ def test_random_weights_load_as_checkpoints(arch):
     cond, pooled = clip.encode_from_tokens(clip.tokenize("a red fox"), return_pooled=True)
     width = {"sd1": 32, "sd2": 32, "sdxl": 96, "sdxl_refiner": 64}[arch]
     assert cond.shape == (1, 77, width) and torch.isfinite(cond).all() and torch.isfinite(pooled).all()
+
+
+def test_comfyui_method_names_for_plugins(checkpoints):
+    clip = _load(checkpoints, "sd2")
+    tokens = {"h": [_chunk(WORDS, 0, {2: 1.3})]}
+    cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
+    [[c, extra]] = clip.encode_from_tokens_scheduled(tokens, add_dict={"strength": 0.5})
+    assert torch.equal(c, cond) and torch.equal(extra["pooled_output"], pooled) and extra["strength"] == 0.5
+    skip = clip.clone()
+    skip.clip_layer(-1)
+    assert skip.layer_idx == -1 and clip.layer_idx is None
+    assert clip.get_sd().keys() == clip.state_dict().keys()
+    assert clip.load_model() is clip.patcher and clip.get_key_patches() == {}
