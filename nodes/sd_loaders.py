@@ -10,6 +10,9 @@ import os
 
 import torch
 
+from diffusion import taesd
+from diffusion.checkpoint import load_checkpoint, load_vae
+from nodes import folder_paths
 from nodes.spec import Combo, Out, mappings, node
 
 # VAELoader offers these names when both halves of the tiny autoencoder are in models/vae_approx
@@ -23,46 +26,30 @@ TAESD_VARIANTS = {
 PIXEL_SPACE = "pixel_space"
 
 
-def _folder_paths():
-    from nodes import folder_paths  # the engine colleague's module; late so import order is free
-
-    return folder_paths
-
-
 def model_path(folder: str, name: str, node: str, input_name: str) -> str:
     """Full path of `name` in model folder `folder`, or a FileNotFoundError a user can act on."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"{node}: input '{input_name}' must be a file name, got {name!r}")
-    fp = _folder_paths()
-    path = fp.get_full_path(folder, name)
+    path = folder_paths.get_full_path(folder, name)
     if path is None or not os.path.isfile(path):
-        roots = ", ".join(fp.get_folder_paths(folder)) or "(no folders configured)"
+        roots = ", ".join(folder_paths.get_folder_paths(folder)) or "(no folders configured)"
         raise FileNotFoundError(f"{node}: {input_name} '{name}' was not found in the '{folder}' model "
                                 f"folders ({roots}). Put the file there or pick another.")
     return path
 
 
-def _embedding_dirs() -> list[str]:
-    try:
-        return list(_folder_paths().get_folder_paths("embeddings"))
-    except KeyError:
-        return []
-
-
 def load_checkpoint_file(ckpt_name: str, node: str):
-    from diffusion.checkpoint import load_checkpoint
-
     path = model_path("checkpoints", ckpt_name, node, "ckpt_name")
-    loaded = load_checkpoint(path, embedding_dirs=_embedding_dirs())
+    loaded = load_checkpoint(path, embedding_dirs=folder_paths.get_folder_paths("embeddings"))
     return loaded.model, loaded.clip, loaded.vae
 
 
 def _checkpoint_names() -> list:
-    return _folder_paths().get_filename_list("checkpoints")
+    return folder_paths.get_filename_list("checkpoints")
 
 
 def _config_names() -> list:
-    return _folder_paths().get_filename_list("configs")
+    return folder_paths.get_filename_list("configs")
 
 
 @node(category="loaders", display_name="Load Checkpoint",
@@ -109,29 +96,21 @@ class PixelSpaceVAE:
 
 
 def _taesd_names() -> list[str]:
-    """TAESD variants whose encoder and decoder files are both present, if the runtime supports them."""
-    try:
-        from diffusion import taesd  # noqa: F401  optional runtime module
-    except ImportError:
-        return []
-    try:
-        files = _folder_paths().get_filename_list("vae_approx")
-    except KeyError:
-        return []
-    stems = {os.path.splitext(os.path.basename(f))[0] for f in files}
+    """TAESD variants whose encoder and decoder files are both in the vae_approx folders."""
+    stems = {os.path.splitext(os.path.basename(f))[0] for f in folder_paths.get_filename_list("vae_approx")}
     return [name for name, (enc, dec) in TAESD_VARIANTS.items() if enc in stems and dec in stems]
 
 
 def _approx_file(stem: str) -> str:
-    for f in _folder_paths().get_filename_list("vae_approx"):
+    for f in folder_paths.get_filename_list("vae_approx"):
         if os.path.splitext(os.path.basename(f))[0] == stem:
-            return _folder_paths().get_full_path("vae_approx", f)
+            return folder_paths.get_full_path("vae_approx", f)
     raise FileNotFoundError(f"VAELoader: models/vae_approx has no '{stem}.*' file")
 
 
 def vae_list() -> list:
     """VAE files, then the TAESD variants that are present, then "pixel_space" (COMPAT §9)."""
-    return list(_folder_paths().get_filename_list("vae")) + _taesd_names() + [PIXEL_SPACE]
+    return list(folder_paths.get_filename_list("vae")) + _taesd_names() + [PIXEL_SPACE]
 
 
 @node(category="loaders", display_name="Load VAE", outputs=[Out("VAE")],
@@ -141,12 +120,8 @@ class VAELoader:
         if vae_name == PIXEL_SPACE:
             return (PixelSpaceVAE(),)
         if vae_name in TAESD_VARIANTS and vae_name in _taesd_names():
-            from diffusion import taesd
-
             enc, dec = TAESD_VARIANTS[vae_name]
             return (taesd.load_taesd_vae(_approx_file(enc), _approx_file(dec), variant=vae_name),)
-        from diffusion.checkpoint import load_vae
-
         return (load_vae(model_path("vae", vae_name, "VAELoader", "vae_name")),)
 
 

@@ -9,25 +9,21 @@ from __future__ import annotations
 
 import torch
 
+from diffusion import previews, sampling
 from graph.progress import check_interrupt, current_node, report_progress
+from nodes import folder_paths
 from nodes.spec import Combo, Float, Int, Link, Out, mappings, node
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF  # COMPAT §10: seeds 0..2^64-1 are accepted
 PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd")
 
 
-def _sampling():
-    from diffusion import sampling  # the runtime colleague's module; late so import order is free
-
-    return sampling
-
-
 def _sampler_names() -> list:
-    return list(_sampling().SAMPLER_NAMES)
+    return list(sampling.SAMPLER_NAMES)
 
 
 def _scheduler_names() -> list:
-    return list(_sampling().SCHEDULER_NAMES)
+    return list(sampling.SCHEDULER_NAMES)
 
 
 def _common_inputs(seed_name: str, seed_tip: str) -> list:
@@ -68,15 +64,17 @@ def _check_model(model, node: str):
     return model
 
 
-def _progress_callback(model, total_hint: int):
-    """callback(step, total, x0) for diffusion.sampling: progress, interrupt check, preview."""
+def _progress_callback(model):
+    """callback(step, total, x0) for diffusion.sampling: progress, interrupt check, preview.
+
+    report_progress raises InterruptProcessing when an interrupt was asked for, which ends the
+    sampling loop between two steps.
+    """
     previewer = _previewer(model)
 
     def callback(step, total, x0):
-        preview = None
-        if previewer is not None and x0 is not None:
-            preview = previewer(x0)
-        report_progress(step + 1, total or total_hint, preview)
+        preview = previewer(x0) if previewer is not None else None
+        report_progress(step + 1, total, preview)
 
     return callback
 
@@ -85,7 +83,7 @@ def preview_method() -> str:
     """The running prompt's preview method: extra_data["preview_method"] (the server puts the
     --preview-method default there), "none" when unknown or outside a prompt."""
     run = current_node()
-    extra = getattr(run, "extra_data", None) or {}
+    extra = run.extra_data if run is not None else {}
     method = extra.get("preview_method") or "none"
     return method if method in PREVIEW_METHODS else "none"
 
@@ -95,25 +93,18 @@ def _previewer(model):
     method = preview_method()
     if method == "none":
         return None
-    try:
-        from diffusion import previews
-    except ImportError:  # runtime without previews: progress still works, just no images
-        return None
-    return previews.get_previewer(model.latent_format, method)
+    return previews.get_previewer(model.latent_format, method,
+                                  vae_approx_dirs=folder_paths.get_folder_paths("vae_approx"))
 
 
 def common_ksampler(node: str, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,
                     denoise=1.0, disable_noise=False, start_step=None, last_step=None,
                     force_full_denoise=False):
     """Sample `latent` and return a copy of the LATENT dict with the new samples."""
-    sampling = _sampling()
     model = _check_model(model, node)
     latent_image = _check_latent(latent, node)
     positive = _check_conditioning(positive, node, "positive")
     negative = _check_conditioning(negative, node, "negative")
-    fix = getattr(sampling, "fix_empty_latent_channels", None)
-    if fix is not None:  # other model families need more channels than EmptyLatentImage's 4
-        latent_image = fix(model, latent_image)
     check_interrupt()
     if disable_noise:
         noise = torch.zeros(latent_image.shape, dtype=latent_image.dtype, device="cpu")
@@ -122,7 +113,7 @@ def common_ksampler(node: str, model, seed, steps, cfg, sampler_name, scheduler,
     samples = sampling.sample(
         model, noise, positive, negative, cfg, sampler_name, scheduler, steps, latent_image,
         denoise=denoise, start_step=start_step, last_step=last_step, force_full_denoise=force_full_denoise,
-        noise_mask=latent.get("noise_mask"), callback=_progress_callback(model, steps), seed=seed,
+        noise_mask=latent.get("noise_mask"), callback=_progress_callback(model), seed=seed,
         disable_pbar=True)
     out = latent.copy()  # keeps noise_mask / batch_index for the next stage
     out["samples"] = samples

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 SD1_NAME = "tiny-sd1.safetensors"
 SDXL_NAME = "tiny-sdxl.safetensors"
@@ -38,9 +39,14 @@ def sd_home(tmp_path, tiny_checkpoint_files):
     for sub in ("output", "input", "temp"):
         (tmp_path / sub).mkdir()
     folder_paths.set_base_path(str(tmp_path))
+    # The tiny networks are far too small to gain from intra-op threads; on a shared 2-core machine
+    # the threads' spin-waiting made one sampling step 25x slower in CPU time.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         yield tmp_path
     finally:
+        torch.set_num_threads(threads)
         folder_paths.set_base_path(saved[0])
         folder_paths.set_output_directory(saved[1])
         folder_paths.set_input_directory(saved[2])
@@ -50,9 +56,8 @@ def sd_home(tmp_path, tiny_checkpoint_files):
 
 @pytest.fixture(scope="module")
 def registry():
-    from nodes import load_registry
-
-    return load_registry()
+    """All built-in nodes plus the test-only SDNodesCaptureLatent."""
+    return registry_with_capture()
 
 
 def txt2img_prompt(ckpt=SD1_NAME, size=64, steps=4, seed=1, cfg=5.0, sampler="euler", scheduler="normal",
@@ -75,3 +80,29 @@ def txt2img_prompt(ckpt=SD1_NAME, size=64, steps=4, seed=1, cfg=5.0, sampler="eu
 def copy_into_input(home: Path, image_path: Path, name: str = "source.png") -> str:
     shutil.copy(image_path, home / "input" / name)
     return name
+
+
+class CaptureLatent:
+    """Test-only output node: keeps the LATENT it receives in `CaptureLatent.seen[label]`."""
+
+    seen: dict = {}
+    CATEGORY = "_for_testing"
+    RETURN_TYPES = ()
+    FUNCTION = "capture"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",), "label": ("STRING", {"default": "x"})}}
+
+    def capture(self, samples, label):
+        CaptureLatent.seen[label] = samples
+        return {}
+
+
+def registry_with_capture():
+    from nodes import load_registry
+
+    reg = load_registry()
+    reg.register("SDNodesCaptureLatent", CaptureLatent)
+    return reg
