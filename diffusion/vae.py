@@ -429,6 +429,20 @@ class VAE:
         tokens = (height // self.downscale_ratio) * (width // self.downscale_ratio)
         return 5 * widest * elem + tokens * tokens * 4
 
+    def _make_room(self, height: int, width: int) -> None:
+        """On a GPU, ask the model manager to unload idle models (e.g. the UNet) to fit one image."""
+        if self.device.type != "cuda":
+            return
+        needed = self.memory_per_sample(height, width)
+        if self._work is None:
+            needed += memory.module_size(self.model) * torch.finfo(self.dtype).bits // 32
+        memory.free_memory(needed, self.device)
+
+    def unload(self) -> None:
+        """Drop the working copy on the GPU (the float32 master on the CPU stays)."""
+        self._work = None
+        self._empty_cache()
+
     def _batch_size(self, n: int, height: int, width: int) -> int:
         per = self.memory_per_sample(height, width)
         return max(1, min(n, int(available_memory(self.device) * 0.8) // max(per, 1)))
@@ -441,6 +455,7 @@ class VAE:
         """Latents [B,C,h,w] (unscaled) -> IMAGE [B,8h,8w,3] float32 0..1 on CPU."""
         samples = check_latent(samples, self.latent_channels, "VAE decode")
         h, w = samples.shape[2] * self.downscale_ratio, samples.shape[3] * self.downscale_ratio
+        self._make_room(h, w)
         if not self._fits(h, w):
             log.info("VAE decode of %dx%d does not fit in memory; decoding in tiles", w, h)
             return self.decode_tiled(samples, *self.fallback_tile)
@@ -467,6 +482,7 @@ class VAE:
         """IMAGE [B,H,W,C] 0..1 -> latents [B,C,H/8,W/8] (posterior mode, unscaled), float32 CPU."""
         x = image_to_pixels(image, self.downscale_ratio, self.config.in_channels, "VAE encode")
         h, w = x.shape[2], x.shape[3]
+        self._make_room(h, w)
         if not self._fits(h, w):
             log.info("VAE encode of %dx%d does not fit in memory; encoding in tiles", w, h)
             return self.encode_tiled(image, *self.fallback_tile)
