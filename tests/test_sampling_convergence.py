@@ -18,7 +18,8 @@ DETERMINISTIC = {
     "euler": (0.12, 1.7), "ddim": (0.12, 1.7), "euler_cfg_pp": (0.12, 1.7), "heunpp2": (0.12, 1.7),
     "heun": (0.02, 3.0), "dpm_2": (0.01, 3.0), "lms": (0.015, 3.0), "dpm_fast": (0.01, 3.0),
     "dpmpp_2m": (0.02, 3.0), "dpmpp_2m_cfg_pp": (0.02, 3.0), "ipndm": (0.01, 3.0),
-    "ipndm_v": (0.015, None),  # published order-4 weights are not exact AB4: no clean rate "deis": (0.015, 3.0), "uni_pc": (0.01, 3.0), "uni_pc_bh2": (0.01, 3.0),
+    "deis": (0.015, 3.0), "uni_pc": (0.01, 3.0), "uni_pc_bh2": (0.01, 3.0),
+    "ipndm_v": (0.015, None),  # published order-4 weights are not exact AB4: no clean rate
 }
 STOCHASTIC = ["euler_ancestral", "euler_ancestral_cfg_pp", "dpm_2_ancestral", "dpmpp_2s_ancestral",
               "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
