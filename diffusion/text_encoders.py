@@ -55,7 +55,7 @@ BOS, EOS = 49406, 49407
 VOCAB_SIZE, CONTEXT_LENGTH = 49408, 77  # every released CLIP text model of these architectures
 # Keys real checkpoints carry that the networks do not use: HF's position_ids buffer (positions are
 # always 0..N-1) and open_clip's contrastive logit_scale.
-IGNORED_KEYS = ("text_model.embeddings.position_ids", "logit_scale")
+IGNORED_KEYS = ("text_model.embeddings.position_ids", "embeddings.position_ids", "logit_scale")
 TEXT_ENCODER_KINDS = ("stable_diffusion", "sd1", "sd2", "sdxl", "sdxl_refiner")
 
 
@@ -297,6 +297,15 @@ class TextEncoderStack(torch.nn.Module):
 
 # --- construction ------------------------------------------------------------------------------------
 
+def normalize_text_model_keys(sd) -> dict:
+    """Drop `IGNORED_KEYS` and put HF-layout keys under `text_model.` where a file lacks that level
+    (old SD1 conversions store `cond_stage_model.transformer.embeddings.*`; ComfyUI renames them too)."""
+    sd = {k: v for k, v in sd.items() if k not in IGNORED_KEYS}
+    if "embeddings.token_embedding.weight" in sd and "text_model.embeddings.token_embedding.weight" not in sd:
+        sd = {(k if k.startswith("text_projection") else "text_model." + k): v for k, v in sd.items()}
+    return sd
+
+
 def text_model_from_state_dict(sd, activation: str, *, dtype=None, device="cpu", heads=None,
                                where: str = "text encoder") -> ClipTextModel:
     """Build a `ClipTextModel` from weights whose keys start at the text model (prefix stripped).
@@ -304,7 +313,7 @@ def text_model_from_state_dict(sd, activation: str, *, dtype=None, device="cpu",
     The tensors are cast to `dtype` (default: `diffusion.memory.text_encoder_dtype`) and assigned
     without an extra copy where they already have it. `where` names the source in error messages.
     """
-    sd = {k: v for k, v in sd.items() if k not in IGNORED_KEYS}
+    sd = normalize_text_model_keys(sd)
     try:
         config = ClipTextConfig.from_state_dict(sd, activation=activation, heads=heads)
     except (ClipConfigError, KeyError) as exc:
@@ -362,23 +371,32 @@ def clip_from_state_dict(sd, arch: str, embedding_dirs=(), *, dtype=None, device
 
 # --- separate text-encoder files --------------------------------------------------------------------
 
-_ROOT_KEYS = {"hf": "text_model.embeddings.token_embedding.weight", "open_clip": "token_embedding.weight"}
+# Where a text model starts, by the key of its token embedding, most specific first: transformers
+# files with the `text_model.` level, those without it (transformers 5 CLIPTextModel, some old SD1
+# conversions), then open_clip.
+_ROOT_KEYS = ("text_model.embeddings.token_embedding.weight", "embeddings.token_embedding.weight",
+              "token_embedding.weight")
 
 
 def strip_to_text_model(sd, where: str = "text encoder") -> dict:
-    """Keys below whatever prefix a text-encoder file uses (``, `clip_l.transformer.`, ...)."""
-    for layout in ("hf", "open_clip"):
-        root = _ROOT_KEYS[layout]
+    """Keys below whatever prefix a text-encoder file uses (``, `clip_l.transformer.`, ...),
+    normalised by `normalize_text_model_keys`."""
+    for root in _ROOT_KEYS:
         for key in sd:
             if key.endswith(root):
                 prefix = key[: -len(root)]
-                sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+                sub = normalize_text_model_keys({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
                 try:
-                    if detect_layout(sub) == layout:
-                        return sub
+                    detect_layout(sub)
+                    return sub
                 except ClipConfigError:
                     continue
     raise TextEncoderError(f"{where}: no CLIP text model found (no token embedding weights)")
+
+
+def _config_of(sd) -> ClipTextConfig:
+    """Sizes only (activation and heads do not matter to the callers)."""
+    return ClipTextConfig.from_state_dict(normalize_text_model_keys(sd), "gelu", heads=1)
 
 
 def _guess_single_arch(sd) -> str:
@@ -387,8 +405,7 @@ def _guess_single_arch(sd) -> str:
     Like ComfyUI: a bigG-sized model (31+ layers) is the SDXL refiner's, an OpenCLIP model (open_clip
     layout, or width 1024) is SD2's, anything else is SD1's CLIP-L.
     """
-    cfg = ClipTextConfig.from_state_dict({k: v for k, v in sd.items() if k not in IGNORED_KEYS}, "gelu",
-                                         heads=1)
+    cfg = _config_of(sd)
     if cfg.layers >= 31:
         return "sdxl_refiner"
     if cfg.layout == "open_clip" or cfg.width == 1024:
@@ -414,8 +431,7 @@ def clip_from_text_encoder_files(sds: list[dict], kind: str, embedding_dirs=(), 
         raise TextEncoderError(f"text encoder type {kind!r} takes {wanted} file(s), got {len(subs)}: {names}")
     if kind == "sdxl":
         def size(i):
-            cfg = ClipTextConfig.from_state_dict({k: v for k, v in subs[i].items() if k not in IGNORED_KEYS},
-                                                 "gelu", heads=1)
+            cfg = _config_of(subs[i])
             return cfg.width, cfg.layers, i
         g = max(range(2), key=size)
         tower_sds = {"l": subs[1 - g], "g": subs[g]}

@@ -367,3 +367,18 @@ def test_comfyui_method_names_for_plugins(checkpoints):
     assert skip.layer_idx == -1 and clip.layer_idx is None
     assert clip.get_sd().keys() == clip.state_dict().keys()
     assert clip.load_model() is clip.patcher and clip.get_key_patches() == {}
+
+
+def test_hf_weights_without_text_model_level(tmp_path, refs):
+    """Old SD1 conversions (and transformers 5's CLIPTextModel) lack the `text_model.` level."""
+    raw = {k: v for k, v in refs["L"].state_dict().items() if not k.startswith("text_model.")}
+    assert "embeddings.token_embedding.weight" in raw  # the reference really is level-less
+    raw["embeddings.position_ids"] = torch.arange(77)[None]
+    chunk = _chunk(WORDS, EOS)
+    _, last, _, _ = reference_outputs(refs["L"], _ids(chunk))
+    clip = clip_from_state_dict(with_prefix("cond_stage_model.transformer.", raw), "sd1",
+                                dtype=torch.float32, device="cpu")
+    assert max_rel_err(clip.encode_from_tokens({"l": [chunk]}), last) <= TOL
+    assert "cond_stage_model.transformer.text_model.final_layer_norm.weight" in clip.state_dict()
+    single = clip_from_text_encoder_files([raw], "stable_diffusion", dtype=torch.float32, device="cpu")
+    assert max_rel_err(single.encode_from_tokens({"l": [chunk]}), last) <= TOL
