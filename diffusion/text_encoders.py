@@ -22,6 +22,12 @@ and ComfyUI both pick the first position whose id is the EOS id; with SD1's EOS 
 real end of text), passed through `text_projection` where the file has one (bigG, OpenCLIP-H) and
 unchanged where it has none (SD1 CLIP-L). SDXL's pooled output is bigG's.
 
+In transformers' terms (checked by tests/test_clip_encode.py with the same weights): SD1's default is
+`CLIPTextModel(ids).last_hidden_state`, its clip skip n is `final_layer_norm(hidden_states[n])`
+(what diffusers' `clip_skip` computes too); SD2/SDXL output `hidden_states[n]` (n = -2 by default,
+as diffusers' SDXL pipeline does for both encoders); pooled is `pooler_output` for CLIP-L and
+`CLIPTextModelWithProjection(ids).text_embeds` for OpenCLIP-H / bigG.
+
 Padding: ComfyUI's SD1 tokenizer pads chunks with EOS; the OpenCLIP tokenizers of SD2 and SDXL's bigG
 are built with `pad_with_end=False` and pad with id 0 (`sd2_clip.SD2ClipHTokenizer`,
 `sdxl_clip.SDXLClipGTokenizer`). The same pad token fills the empty prompt used for weighting.
