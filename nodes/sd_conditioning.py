@@ -66,7 +66,8 @@ def _prompt(name: str, tooltip: str | None = None):
 class CLIPTextEncode:
     def execute(self, clip, text):
         clip = _require_clip(clip, "CLIPTextEncode")
-        return (encode(clip, clip.tokenize(_require_text(text, "CLIPTextEncode"))),)
+        text = _require_text(text, "CLIPTextEncode")
+        return (encode(clip, clip.tokenize(text)),)
 
 
 def _size(name: str, default: int):
@@ -80,9 +81,11 @@ def _size(name: str, default: int):
 class CLIPTextEncodeSDXL:
     def execute(self, clip, width, height, crop_w, crop_h, target_width, target_height, text_g, text_l):
         clip = _require_clip(clip, "CLIPTextEncodeSDXL")
-        tokens = dict(clip.tokenize(_require_text(text_g, "CLIPTextEncodeSDXL", "text_g")))
+        text_g = _require_text(text_g, "CLIPTextEncodeSDXL", "text_g")
+        text_l = _require_text(text_l, "CLIPTextEncodeSDXL", "text_l")
+        tokens = dict(clip.tokenize(text_g))
         if "l" in tokens:  # text_l goes to CLIP-L, text_g to bigG
-            tokens["l"] = clip.tokenize(_require_text(text_l, "CLIPTextEncodeSDXL", "text_l"))["l"]
+            tokens["l"] = clip.tokenize(text_l)["l"]
         tokens = _pad_to_same_length(tokens, clip)
         sizes = {"width": width, "height": height, "crop_w": crop_w, "crop_h": crop_h,
                  "target_width": target_width, "target_height": target_height}
@@ -95,7 +98,8 @@ class CLIPTextEncodeSDXL:
 class CLIPTextEncodeSDXLRefiner:
     def execute(self, clip, ascore, width, height, text):
         clip = _require_clip(clip, "CLIPTextEncodeSDXLRefiner")
-        tokens = clip.tokenize(_require_text(text, "CLIPTextEncodeSDXLRefiner"))
+        text = _require_text(text, "CLIPTextEncodeSDXLRefiner")
+        tokens = clip.tokenize(text)
         return (encode(clip, tokens, {"aesthetic_score": ascore, "width": width, "height": height}),)
 
 

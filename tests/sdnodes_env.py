@@ -6,6 +6,7 @@ the repository, and restores the previous roots afterwards.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,18 @@ import torch
 
 SD1_NAME = "tiny-sd1.safetensors"
 SDXL_NAME = "tiny-sdxl.safetensors"
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """The tiny networks are far too small to gain from intra-op threads; on a shared 2-core machine
+    the threads' spin-waiting made one sampling step 25x slower in CPU time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -39,14 +52,10 @@ def sd_home(tmp_path, tiny_checkpoint_files):
     for sub in ("output", "input", "temp"):
         (tmp_path / sub).mkdir()
     folder_paths.set_base_path(str(tmp_path))
-    # The tiny networks are far too small to gain from intra-op threads; on a shared 2-core machine
-    # the threads' spin-waiting made one sampling step 25x slower in CPU time.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
-        yield tmp_path
+        with one_torch_thread():
+            yield tmp_path
     finally:
-        torch.set_num_threads(threads)
         folder_paths.set_base_path(saved[0])
         folder_paths.set_output_directory(saved[1])
         folder_paths.set_input_directory(saved[2])
