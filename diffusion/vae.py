@@ -250,12 +250,12 @@ def prepare_state_dict(sd: dict, cfg: VAEConfig, expected: dict[str, torch.Size]
     Some SD2/SDXL VAE files store the mid-block attention projections as [C, C] (linear) instead of
     [C, C, 1, 1]; both are the same numbers.
     """
-    out = {}
+    out, unexpected = {}, []
     for key, tensor in sd.items():
         if key.startswith(_IGNORED_PREFIXES):
             continue
         if key not in expected:
-            log.warning("VAE state dict: ignoring unexpected key '%s'", key)
+            unexpected.append(key)
             continue
         parts = key.split(".")
         if (len(parts) >= 4 and parts[-3] == "attn_1" and parts[-2] in _ATTN_WEIGHTS
@@ -269,6 +269,8 @@ def prepare_state_dict(sd: dict, cfg: VAEConfig, expected: dict[str, torch.Size]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise VAEError(f"VAE state dict is missing key '{missing[0]}'{more}")
+    if unexpected:
+        log.warning("VAE state dict: ignoring %d unexpected keys, e.g. '%s'", len(unexpected), unexpected[0])
     return out
 
 
@@ -462,7 +464,7 @@ class VAE:
         step = self._batch_size(samples.shape[0], h, w)
         try:
             pixels = torch.cat([self._run(AutoencoderKL.decode, chunk) for chunk in samples.split(step)])
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:
             log.warning("VAE decode ran out of memory; retrying in tiles")
             self._empty_cache()
             return self.decode_tiled(samples, *self.fallback_tile)
@@ -489,7 +491,7 @@ class VAE:
         step = self._batch_size(x.shape[0], h, w)
         try:
             return torch.cat([self._run(AutoencoderKL.encode_mode, chunk) for chunk in x.split(step)])
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:
             log.warning("VAE encode ran out of memory; retrying in tiles")
             self._empty_cache()
             return self.encode_tiled(image, *self.fallback_tile)

@@ -171,3 +171,14 @@ def test_bad_inputs_are_reported(ours):
         ours.decode(torch.zeros(1, 16, 8, 8))
     with pytest.raises(VAEError, match=r"IMAGE \[B,H,W,C\]"):
         ours.encode(torch.zeros(8, 8, 3))
+
+
+def test_training_leftovers_ignored_and_unknown_keys_reported(ref, ours, caplog):
+    sd = diffusers_vae_to_original(ref.state_dict(), 2)
+    sd.update({"loss.logvar": torch.zeros(()), "model_ema.decay": torch.tensor(0.999),
+               "decoder.extra.weight": torch.zeros(3)})
+    with caplog.at_level("WARNING", logger="diffusion.vae"):
+        vae = VAE.from_state_dict(sd, device="cpu", dtype=torch.float32)
+    assert "1 unexpected keys, e.g. 'decoder.extra.weight'" in caplog.text
+    z = torch.randn(1, 4, 4, 4)
+    assert torch.equal(vae.decode(z), ours.decode(z))
