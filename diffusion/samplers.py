@@ -2,7 +2,8 @@
 
 Each `sample_<name>(model, x, sigmas, extra_args=None, callback=None, disable=None, **options)`
 integrates from sigmas[0] to sigmas[-1] and returns the final x. Multistep methods live in
-samplers_multistep.py, DPM-Solver in samplers_dpm_solver.py, UniPC in uni_pc.py.
+samplers_multistep.py, DPM-Solver in samplers_dpm_solver.py, UniPC in uni_pc.py, exponential
+integrators (RES, SEEDS, ER-SDE, gradient estimation) in samplers_exponential.py.
 """
 
 from __future__ import annotations
@@ -334,13 +335,14 @@ DISCARD_PENULTIMATE_SIGMA = frozenset({"dpm_2", "dpm_2_ancestral", "uni_pc", "un
 
 
 def _registry() -> dict:
-    from . import samplers_dpm_solver, samplers_multistep, uni_pc
+    from . import samplers_dpm_solver, samplers_exponential, samplers_multistep, uni_pc
 
     table = {}
     for namespace in (globals(), vars(samplers_multistep)):
         table.update({name[len("sample_"):]: fn for name, fn in namespace.items()
                       if name.startswith("sample_") and callable(fn)})
     table.update(samplers_dpm_solver.SAMPLERS)
+    table.update(samplers_exponential.SAMPLERS)
     table.update(uni_pc.SAMPLERS)
     # DDIM is Euler on the same schedule; only its inpaint noise differs (see sampling.py).
     table["ddim"] = table["euler"]

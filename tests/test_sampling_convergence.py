@@ -19,11 +19,15 @@ DETERMINISTIC = {
     "heun": (0.02, 3.0), "dpm_2": (0.01, 3.0), "lms": (0.015, 3.0), "dpm_fast": (0.01, 3.0),
     "dpmpp_2m": (0.02, 3.0), "dpmpp_2m_cfg_pp": (0.02, 3.0), "ipndm": (0.01, 3.0),
     "deis": (0.015, 3.0), "uni_pc": (0.01, 3.0), "uni_pc_bh2": (0.01, 3.0),
+    "res_multistep": (0.03, 3.0), "res_multistep_cfg_pp": (0.03, 3.0), "exp_heun_2_x0": (0.02, 3.0),
+    "gradient_estimation": (0.1, 1.3), "gradient_estimation_cfg_pp": (0.1, 1.3),
     "ipndm_v": (0.015, None),  # published order-4 weights are not exact AB4: no clean rate
 }
 STOCHASTIC = ["euler_ancestral", "euler_ancestral_cfg_pp", "dpm_2_ancestral", "dpmpp_2s_ancestral",
               "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
-              "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm"]
+              "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm",
+              "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "seeds_2", "seeds_3",
+              "exp_heun_2_x0_sde", "er_sde"]
 
 
 def _final_sigma(name, sigmas):

@@ -205,3 +205,63 @@ def test_ipndm_v_published_fourth_order_differs_from_adams_bashforth():
     assert ipndm_v_coefficients(-1.0, -1.0, None, None, 2) == pytest.approx([3 / 2, -1 / 2])
     assert ipndm_v_coefficients(-1.0, -1.0, -1.0, None, 3) == pytest.approx([23 / 12, -16 / 12, 5 / 12])
     assert ipndm_v_coefficients(-1.0, -1.0, -1.0, -1.0, 4)[0] != pytest.approx(55 / 24)
+
+
+def _exp_integral(x, sigma_s, sigma_t, lams, preds):
+    """Exponential integrator step in x0 prediction, float64 by Gauss-Legendre quadrature:
+    x_t = (sigma_t / sigma_s) x + sigma_t * integral over [lambda_s, lambda_t] of e^lambda P(lambda),
+    P the Lagrange polynomial through (lams, preds), lambda = -log sigma."""
+    import numpy as np
+
+    lo, hi = -math.log(sigma_s), -math.log(sigma_t)
+    nodes, weights = np.polynomial.legendre.leggauss(20)
+    integral = torch.zeros_like(x)
+    for node, w in zip(nodes, weights):
+        lam = 0.5 * (hi - lo) * node + 0.5 * (hi + lo)
+        basis = [math.prod((lam - lams[k]) / (lams[j] - lams[k]) for k in range(len(lams)) if k != j)
+                 for j in range(len(lams))]
+        integral = integral + 0.5 * (hi - lo) * w * math.exp(lam) * sum(b * p for b, p in zip(basis, preds))
+    return sigma_t / sigma_s * x + sigma_t * integral
+
+
+def test_res_multistep_is_exponential_integrator_with_linear_extrapolation():
+    """RES 2nd-order multistep (Zhang et al. 2023) = the exponential integrator whose x0 is the line
+    through the last two predictions in lambda; first step constant, last step returns x0."""
+    sig = [float(s) for s in SIGMAS.double()]
+    model = _ref_model()
+    x = _x(sig[0], torch.float64)
+    lams, preds = [], []
+    for i in range(len(sig) - 1):
+        d = model(x, torch.tensor([sig[i]], dtype=torch.float64))
+        if sig[i + 1] == 0:
+            x = d
+            break
+        lams, preds = (lams + [-math.log(sig[i])])[-2:], (preds + [d])[-2:]
+        x = _exp_integral(x, sig[i], sig[i + 1], lams, preds)
+    _close(_run("res_multistep"), x)
+
+
+def test_exp_heun_2_x0_is_exponential_trapezoid():
+    """Exponential Heun in x0 prediction: predictor with constant x0, then the exponential integrator
+    of the line between the x0 predictions at both ends of the step."""
+    sig = [float(s) for s in SIGMAS.double()]
+    model = _ref_model()
+    x = _x(sig[0], torch.float64)
+    for i in range(len(sig) - 1):
+        d = model(x, torch.tensor([sig[i]], dtype=torch.float64))
+        if sig[i + 1] == 0:
+            x = d
+            break
+        lam_s, lam_t = -math.log(sig[i]), -math.log(sig[i + 1])
+        x_2 = _exp_integral(x, sig[i], sig[i + 1], [lam_s], [d])
+        d_2 = model(x_2, torch.tensor([sig[i + 1]], dtype=torch.float64))
+        x = _exp_integral(x, sig[i], sig[i + 1], [lam_s, lam_t], [d, d_2])
+    _close(_run("exp_heun_2_x0"), x)
+
+
+def test_seeds_2_without_noise_is_dpmpp_2s():
+    _close(_run("seeds_2", eta=0.0), _run("dpmpp_2s_ancestral", eta=0.0), tol=1e-5)
+
+
+def test_gradient_estimation_with_gamma_one_is_euler():
+    _close(_run("gradient_estimation", ge_gamma=1.0), _run("euler"), tol=1e-5)
