@@ -111,6 +111,17 @@ class CFGDenoiser:
                 merged[key] = value
         return merged
 
+    def _copies_per_forward(self, x: torch.Tensor) -> int:
+        """How many copies of the latent batch one forward may carry on a GPU (cond and uncond are
+        batched only while the activations fit); unlimited on CPU."""
+        estimate = getattr(self.model, "memory_required", None)
+        if x.device.type != "cuda" or estimate is None:
+            return 1 << 30
+        from .memory import get_free_memory
+
+        need = max(int(estimate(tuple(x.shape))), 1)
+        return max(1, int(get_free_memory(x.device) * 0.9) // need)
+
     def _adm(self, entry: CondEntry, x: torch.Tensor):
         encode = getattr(self.model, "encode_adm", None)
         if encode is None:
@@ -130,7 +141,10 @@ class CFGDenoiser:
         contexts = [_to_batch(e.context.to(x.device, x.dtype), batch, "conditioning") for _, e in jobs]
         adms = [self._adm(e, x) for _, e in jobs]
         transformer_options = dict(options.get("transformer_options", {}))
-        for group in _groups([c.shape[1] for c in contexts]):
+        per_forward = self._copies_per_forward(x)
+        groups = [g[k:k + per_forward] for g in _groups([c.shape[1] for c in contexts])
+                  for k in range(0, len(g), per_forward)]
+        for group in groups:
             ctx = torch.cat(_pad_contexts([contexts[j] for j in group]), dim=0)
             y = None
             if adms[group[0]] is not None:

@@ -1,6 +1,7 @@
 """CFGDenoiser: batched cond/uncond, cfg=1 shortcut, combining conditionings, hooks, inpaint mask."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -157,3 +158,23 @@ def test_prepare_mask_resizes_and_broadcasts():
     assert m.shape == (3, 4, 2, 2)
     assert torch.equal(m[..., 0], torch.zeros(3, 4, 2)) and torch.equal(m[..., 1], torch.ones(3, 4, 2))
     assert math.isclose(float(prepare_mask(torch.full((1, 1, 8, 8), 0.25), (1, 4, 1, 1), "cpu").mean()), 0.25)
+
+
+def test_gpu_forwards_are_split_when_memory_is_short(monkeypatch):
+    """On CUDA, cond and uncond share a forward only while the estimated activations fit."""
+    import diffusion.memory as memory
+
+    model = GaussianModel(s=S)
+    model.memory_required = lambda shape: 100 * shape[0]
+    den = CFGDenoiser(model, cond(1.0) + cond(2.0), cond(-0.5), cfg=2.0)
+    x = _x()
+    on_gpu = SimpleNamespace(device=torch.device("cuda"), shape=x.shape)
+    monkeypatch.setattr(memory, "get_free_memory", lambda device=None: 500)
+    assert den._copies_per_forward(on_gpu) == 2  # 450 usable bytes / 200 per copy of a batch of 2
+    assert den._copies_per_forward(x) > 100  # CPU: no limit
+    monkeypatch.setattr(den, "_copies_per_forward", lambda x: 2)
+    out = den(x, torch.tensor([1.0, 1.0]))
+    assert [c["batch"] for c in model.calls] == [4, 2]
+    c = (exact(x, 1.0, 1.0) + exact(x, 1.0, 2.0)) / 2
+    u = exact(x, 1.0, -0.5)
+    assert torch.allclose(out, u + (c - u) * 2.0, atol=1e-5)
