@@ -39,4 +39,14 @@ def load_registry(modules=None) -> NodeRegistry:
     return registry
 
 
-__all__ = ["BUILTIN_MODULES", "NodeRegistry", "folder_paths", "load_registry"]
+def unload_models() -> None:
+    """Drop every loaded model from memory (POST /free). Imported lazily: the server calls this
+    without loading the model runtime when nothing was ever loaded."""
+    import sys
+
+    memory = sys.modules.get("diffusion.memory")
+    if memory is not None:
+        memory.unload_all_models()
+
+
+__all__ = ["BUILTIN_MODULES", "NodeRegistry", "folder_paths", "load_registry", "unload_models"]

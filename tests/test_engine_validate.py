@@ -1,5 +1,4 @@
 """Validation: every COMPAT §3.1 error type and shape, plus our fixes (cycles, BOOLEAN, speed)."""
-import time
 
 import pytest
 
@@ -207,20 +206,12 @@ def test_self_loop_is_a_cycle():
     assert reasons(r, "1") == ["dependency_cycle"]
 
 
-def test_deep_chain_no_recursion_and_fast():
+def test_deep_chain_no_recursion():
+    # Far deeper than Python's recursion limit: validation must walk it iteratively.
+    # (Its speed target is measured by benchmarks/engine.py, not asserted here.)
     n = 5000
     p = {"0": {"class_type": "IntConst", "inputs": {"value": 1}}}
     for i in range(1, n):
         p[str(i)] = {"class_type": "Add", "inputs": {"a": [str(i - 1), 0], "b": 1}}
     p["out"] = out([str(n - 1), 0])
-    validate_prompt(dict(p), REG)  # warm-up (imports, class info)
-    best = min(_timed(lambda: validate_prompt(p, REG)) for _ in range(5))
     assert validate_prompt(p, REG).ok
-    # Target 100 ms (benchmarks/engine.py reports it); the bound leaves room for a busy CI host.
-    assert best < 0.25, f"validating {n} nodes took {best * 1000:.0f} ms"
-
-
-def _timed(fn):
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
