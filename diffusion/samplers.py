@@ -335,7 +335,7 @@ DISCARD_PENULTIMATE_SIGMA = frozenset({"dpm_2", "dpm_2_ancestral", "uni_pc", "un
 
 
 def _registry() -> dict:
-    from . import samplers_dpm_solver, samplers_exponential, samplers_multistep, uni_pc
+    from . import sa_solver, samplers_dpm_solver, samplers_exponential, samplers_multistep, uni_pc
 
     table = {}
     for namespace in (globals(), vars(samplers_multistep)):
@@ -343,6 +343,7 @@ def _registry() -> dict:
                       if name.startswith("sample_") and callable(fn)})
     table.update(samplers_dpm_solver.SAMPLERS)
     table.update(samplers_exponential.SAMPLERS)
+    table.update(sa_solver.SAMPLERS)
     table.update(uni_pc.SAMPLERS)
     # DDIM is Euler on the same schedule; only its inpaint noise differs (see sampling.py).
     table["ddim"] = table["euler"]

@@ -27,7 +27,7 @@ STOCHASTIC = ["euler_ancestral", "euler_ancestral_cfg_pp", "dpm_2_ancestral", "d
               "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",
               "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm",
               "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp", "seeds_2", "seeds_3",
-              "exp_heun_2_x0_sde", "er_sde"]
+              "exp_heun_2_x0_sde", "er_sde", "sa_solver", "sa_solver_pece"]
 
 
 def _final_sigma(name, sigmas):

@@ -265,3 +265,34 @@ def test_seeds_2_without_noise_is_dpmpp_2s():
 
 def test_gradient_estimation_with_gamma_one_is_euler():
     _close(_run("gradient_estimation", ge_gamma=1.0), _run("euler"), tol=1e-5)
+
+
+@pytest.mark.parametrize("pece", [False, True])
+def test_sa_solver_ode_limit_is_adams_predictor_corrector(pece):
+    """SA-Solver with tau = 0: Adams-Bashforth predictor (x0 interpolated in lambda through the last 3
+    predictions) and Adams-Moulton corrector (last 4, including the new one) of the exponential
+    integrator; orders drop near the end; PECE re-evaluates the corrected state."""
+    sig = [float(s) for s in SIGMAS.double()]
+    lams = [-math.log(s) if s > 0 else math.inf for s in sig]
+    model = _ref_model()
+    evaluate = lambda x, i: model(x, torch.tensor([sig[i]], dtype=torch.float64))  # noqa: E731
+    x = x_pred = _x(sig[0], torch.float64)
+    preds = []
+    n = len(sig) - 1
+    for i in range(n):
+        d = evaluate(x_pred, i)
+        preds = (preds + [d])[-4:]
+        c = 0 if (i == 0 or (sig[i + 1] == 0 and not pece)) else min(4, len(preds), n - i)
+        if c:
+            x = _exp_integral(x, sig[i - 1], sig[i], lams[i - c + 1:i + 1], preds[-c:])
+            if pece:
+                d = preds[-1] = evaluate(x, i)
+        else:
+            x = x_pred
+        if sig[i + 1] == 0:
+            x_pred = d
+        else:
+            p = min(3, len(preds), n - 1 - i)
+            x_pred = _exp_integral(x, sig[i], sig[i + 1], lams[i - p + 1:i + 1], preds[-p:])
+    name = "sa_solver_pece" if pece else "sa_solver"
+    _close(_run(name, tau_func=lambda sigma: 0.0), x_pred)
