@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable, Optional
 
@@ -73,6 +74,10 @@ def run_main(argv, registry_factory: Callable, folder_paths) -> int:
         policy = "ram"
     if policy == "lru" and args.cache_lru < 1:
         print("error: --cache lru needs --cache-lru N (N >= 1)", file=sys.stderr)
+        return 2
+    if not os.path.isfile(args.workflow):
+        # Checked before the registry is built: that imports the model runtime and takes seconds.
+        print(f"error: {args.workflow}: no such file", file=sys.stderr)
         return 2
     if args.out:
         folder_paths.set_output_directory(args.out)
