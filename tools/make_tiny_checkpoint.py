@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -63,7 +63,6 @@ class TinySDXL:
     clip_layers: int = 3  # SDXL reads the penultimate layer
     vae_ch: int = 32
     vae_ch_mult: tuple[int, ...] = (1, 1, 2, 2)
-    extra_metadata: dict = field(default_factory=dict, compare=False)
 
 
 def _unet_config_sd1(t: TinySD1) -> UNetConfig:
@@ -87,20 +86,20 @@ def _unet_config_sdxl(t: TinySDXL) -> UNetConfig:
         use_linear_in_transformer=True, adm_in_channels=t.clip_g_projection + 6 * SIZE_EMBED_WIDTH)
 
 
-def _clip(layout: str, width: int, layers: int, projection: int | None, activation: str) -> ClipTextModel:
-    cfg = ClipTextConfig(layout=layout, width=width, layers=layers, heads=max(1, width // 16),
-                         vocab_size=VOCAB_SIZE, context_length=CONTEXT_LENGTH,
-                         projection_dim=projection, activation=activation)
-    return ClipTextModel(cfg).init_weights()
+def _clip_config(layout: str, width: int, layers: int, projection: int | None, activation: str,
+                 heads: int | None = None) -> ClipTextConfig:
+    return ClipTextConfig(layout=layout, width=width, layers=layers, heads=heads or max(1, width // 16),
+                          vocab_size=VOCAB_SIZE, context_length=CONTEXT_LENGTH, projection_dim=projection,
+                          activation=activation)
 
 
 @torch.no_grad()
 def _randomise_unet(unet: UNetModel) -> UNetModel:
     """PyTorch's default init, except that norms start at identity (as a trained model's roughly are).
 
-    Default init keeps activations bounded through the tiny network, so sampling stays finite.
+    Default init keeps activations bounded through the network, so sampling stays finite.
     """
-    for name, module in unet.named_modules():
+    for module in unet.modules():
         if isinstance(module, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
             module.weight.fill_(1.0)
             module.bias.zero_()
@@ -108,47 +107,56 @@ def _randomise_unet(unet: UNetModel) -> UNetModel:
 
 
 def _prefixed(prefix: str, module: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    return {prefix + k: v.detach().to(dtype).contiguous().clone() for k, v in module.state_dict().items()}
+    # .to() returns the parameter itself when the dtype already matches: no copy of a full-size model.
+    return {prefix + k: v.detach().to(dtype).contiguous() for k, v in module.state_dict().items()}
+
+
+def build_state_dict(unet_cfg: UNetConfig, vae_cfg: VAEConfig, towers: list[tuple[str, ClipTextConfig]],
+                     arch: str, seed: int = 0, unet_dtype=torch.float32, vae_dtype=torch.float16,
+                     clip_dtype=torch.float16) -> tuple[dict, dict]:
+    """(tensors, metadata) of a random checkpoint in the original single-file layout.
+
+    `towers` lists (key prefix, config) of the text encoders. Default storage: UNet fp32; VAE and
+    text encoders fp16 (the VAE loader computes in fp32 whatever the storage, and the runtime keeps
+    text encoders in fp16 anyway, as ComfyUI does), which halves their share of the file.
+    """
+    sd = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        sd.update(_prefixed("model.diffusion_model.", _randomise_unet(UNetModel(unet_cfg)), unet_dtype))
+        sd.update(_prefixed("first_stage_model.", AutoencoderKL(vae_cfg), vae_dtype))
+        for prefix, cfg in towers:
+            sd.update(_prefixed(prefix, ClipTextModel(cfg).init_weights(), clip_dtype))
+    return sd, _metadata(unet_cfg, arch, seed)
 
 
 def build_sd1_state_dict(sizes: TinySD1 = TinySD1(), seed: int = 0) -> tuple[dict, dict]:
     """(tensors, metadata) of a tiny SD1 checkpoint in the original single-file layout."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet_cfg = _unet_config_sd1(sizes)
-        unet = _randomise_unet(UNetModel(unet_cfg))
-        vae = AutoencoderKL(VAEConfig(ch=sizes.vae_ch, ch_mult=sizes.vae_ch_mult, num_res_blocks=1))
-        clip = _clip("hf", sizes.clip_width, sizes.clip_layers, None, "quick_gelu")
-    sd = {}
-    sd.update(_prefixed("model.diffusion_model.", unet, torch.float32))
-    # The VAE loader computes in fp32 whatever the storage; text encoders are kept in fp16 by the
-    # runtime anyway (as ComfyUI does). Storing both in fp16 halves their share of the file.
-    sd.update(_prefixed("first_stage_model.", vae, torch.float16))
-    sd.update(_prefixed("cond_stage_model.transformer.", clip, torch.float16))
-    return sd, _metadata(unet_cfg, "sd1", seed)
+    vae = VAEConfig(ch=sizes.vae_ch, ch_mult=sizes.vae_ch_mult, num_res_blocks=1)
+    clip = _clip_config("hf", sizes.clip_width, sizes.clip_layers, None, "quick_gelu")
+    return build_state_dict(_unet_config_sd1(sizes), vae, [("cond_stage_model.transformer.", clip)], "sd1", seed)
 
 
 def build_sdxl_state_dict(sizes: TinySDXL = TinySDXL(), seed: int = 0) -> tuple[dict, dict]:
     """(tensors, metadata) of a tiny SDXL-base-architecture checkpoint in the original layout."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet_cfg = _unet_config_sdxl(sizes)
-        unet = _randomise_unet(UNetModel(unet_cfg))
-        vae = AutoencoderKL(VAEConfig(ch=sizes.vae_ch, ch_mult=sizes.vae_ch_mult, num_res_blocks=1))
-        clip_l = _clip("hf", sizes.clip_l_width, sizes.clip_layers, None, "quick_gelu")
-        clip_g = _clip("open_clip", sizes.clip_g_width, sizes.clip_layers, sizes.clip_g_projection, "gelu")
-    sd = {}
-    sd.update(_prefixed("model.diffusion_model.", unet, torch.float32))
-    sd.update(_prefixed("first_stage_model.", vae, torch.float16))
-    sd.update(_prefixed("conditioner.embedders.0.transformer.", clip_l, torch.float16))
-    sd.update(_prefixed("conditioner.embedders.1.model.", clip_g, torch.float16))
-    meta = _metadata(unet_cfg, "sdxl", seed)
-    meta.update(sizes.extra_metadata)
-    return sd, meta
+    vae = VAEConfig(ch=sizes.vae_ch, ch_mult=sizes.vae_ch_mult, num_res_blocks=1)
+    towers = [("conditioner.embedders.0.transformer.",
+               _clip_config("hf", sizes.clip_l_width, sizes.clip_layers, None, "quick_gelu")),
+              ("conditioner.embedders.1.model.",
+               _clip_config("open_clip", sizes.clip_g_width, sizes.clip_layers, sizes.clip_g_projection, "gelu"))]
+    return build_state_dict(_unet_config_sdxl(sizes), vae, towers, "sdxl", seed)
+
+
+def build_full_sd15_state_dict(seed: int = 0) -> tuple[dict, dict]:
+    """A random checkpoint with the released SD1.5 sizes (about 4.3 GB, all fp32 like the pruned
+    release files); for benchmarks/txt2img.py. Needs ~5 GB of RAM to build."""
+    clip = _clip_config("hf", 768, 12, None, "quick_gelu", heads=12)
+    return build_state_dict(UNetConfig(), VAEConfig(), [("cond_stage_model.transformer.", clip)], "sd1", seed,
+                            vae_dtype=torch.float32, clip_dtype=torch.float32)
 
 
 def _metadata(unet_cfg: UNetConfig, arch: str, seed: int) -> dict[str, str]:
-    meta = {"latentgraph.tiny": "random weights; built by tools/make_tiny_checkpoint.py",
+    meta = {"latentgraph.random_weights": "built by tools/make_tiny_checkpoint.py",
             "latentgraph.arch": arch, "latentgraph.seed": str(seed)}
     # Head layouts of scaled-down models cannot be read from shapes; state them (diffusion/config.py).
     meta.update(unet_cfg.head_metadata())
