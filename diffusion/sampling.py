@@ -14,7 +14,7 @@ from .samplers import DISCARD_PENULTIMATE_SIGMA, SAMPLER_NAMES, get_sampler
 from .schedulers import SCHEDULER_NAMES, calculate_sigmas as schedule
 
 __all__ = ["SAMPLER_NAMES", "SCHEDULER_NAMES", "prepare_noise", "calculate_sigmas", "sampling_sigmas",
-           "sample"]
+           "fix_empty_latent_channels", "run_sampler", "sample"]
 
 
 def calculate_sigmas(model_sampling, scheduler: str, steps: int) -> torch.Tensor:
@@ -54,6 +54,17 @@ def sampling_sigmas(model_sampling, scheduler: str, steps: int, sampler_name: st
     return sigmas
 
 
+def fix_empty_latent_channels(model, latent: torch.Tensor) -> torch.Tensor:
+    """An all-zero (empty) latent takes the model's channel count; anything else is left alone.
+
+    Call before prepare_noise so the noise has the sampled shape.
+    """
+    channels = getattr(model.latent_format, "latent_channels", latent.shape[1])
+    if latent.shape[1] != channels and torch.count_nonzero(latent) == 0:
+        return torch.zeros((latent.shape[0], channels) + tuple(latent.shape[2:]), dtype=latent.dtype)
+    return latent
+
+
 def _device_of(model) -> torch.device:
     device = getattr(model, "load_device", None)
     if device is not None:
@@ -64,6 +75,7 @@ def _device_of(model) -> torch.device:
 def run_sampler(model, noise, positive, negative, cfg, sampler_name, sigmas, latent_image, noise_mask=None,
                 callback=None, seed=None, disable_pbar=True, model_options=None, sampler_options=None):
     """Sample along given sigmas (SamplerCustom-style); latent and noise unscaled, CPU or device."""
+    latent_image = fix_empty_latent_channels(model, latent_image)
     if latent_image.shape != noise.shape:
         raise ValueError(f"sample: noise shape {tuple(noise.shape)} differs from latent shape "
                          f"{tuple(latent_image.shape)}")

@@ -137,3 +137,16 @@ def test_unknown_names_rejected():
 def test_noise_shape_must_match():
     with pytest.raises(ValueError, match="noise shape"):
         _run(GaussianModel(), torch.zeros(1, 4, 2, 2), noise=torch.zeros(1, 4, 3, 3))
+
+
+def test_empty_latent_takes_model_channels():
+    from diffusion.sampling import fix_empty_latent_channels
+
+    model = GaussianModel(scale_factor=SF)
+    model.latent_format.latent_channels = 16
+    wide = fix_empty_latent_channels(model, torch.zeros(2, 4, 3, 3))
+    assert wide.shape == (2, 16, 3, 3) and torch.count_nonzero(wide) == 0
+    kept = torch.ones(2, 4, 3, 3)
+    assert fix_empty_latent_channels(model, kept) is kept
+    out, _ = _run(model, torch.zeros(1, 4, 2, 2), noise=prepare_noise(wide[:1, :, :2, :2], 0))
+    assert out.shape == (1, 16, 2, 2)
