@@ -3,6 +3,7 @@
     python main.py [server options]          serve the editor and the ComfyUI-compatible API
     python main.py run WORKFLOW [options]    run a workflow headless (API/UI JSON or a PNG)
 
+Device, precision and attention flags (--cpu, --force-fp32, --attention …) work with both.
 Only argument dispatch lives here; the work is in graph/, nodes/ and server/.
 """
 import sys
@@ -10,6 +11,10 @@ import sys
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from nodes import runtime_options
+
+    runtime, argv = runtime_options.parse(argv)
+    runtime_options.apply(runtime)
     if argv[:1] == ["run"]:
         from graph.cli import run_main
         from nodes import folder_paths, load_registry
