@@ -112,21 +112,19 @@ def _prefixed(prefix: str, module: torch.nn.Module, dtype: torch.dtype) -> dict[
 
 
 def build_state_dict(unet_cfg: UNetConfig, vae_cfg: VAEConfig, towers: list[tuple[str, ClipTextConfig]],
-                     arch: str, seed: int = 0, unet_dtype=torch.float32, vae_dtype=torch.float16,
-                     clip_dtype=torch.float16) -> tuple[dict, dict]:
+                     arch: str, seed: int = 0, dtype=torch.float16) -> tuple[dict, dict]:
     """(tensors, metadata) of a random checkpoint in the original single-file layout.
 
-    `towers` lists (key prefix, config) of the text encoders. Default storage: UNet fp32; VAE and
-    text encoders fp16 (the VAE loader computes in fp32 whatever the storage, and the runtime keeps
-    text encoders in fp16 anyway, as ComfyUI does), which halves their share of the file.
+    `towers` lists (key prefix, config) of the text encoders. Stored in `dtype`: fp16 by default,
+    which halves the file; the loaders pick the compute dtype themselves (fp32 on CPU).
     """
     sd = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        sd.update(_prefixed("model.diffusion_model.", _randomise_unet(UNetModel(unet_cfg)), unet_dtype))
-        sd.update(_prefixed("first_stage_model.", AutoencoderKL(vae_cfg), vae_dtype))
+        sd.update(_prefixed("model.diffusion_model.", _randomise_unet(UNetModel(unet_cfg)), dtype))
+        sd.update(_prefixed("first_stage_model.", AutoencoderKL(vae_cfg), dtype))
         for prefix, cfg in towers:
-            sd.update(_prefixed(prefix, ClipTextModel(cfg).init_weights(), clip_dtype))
+            sd.update(_prefixed(prefix, ClipTextModel(cfg).init_weights(), dtype))
     return sd, _metadata(unet_cfg, arch, seed)
 
 
@@ -152,7 +150,7 @@ def build_full_sd15_state_dict(seed: int = 0) -> tuple[dict, dict]:
     release files); for benchmarks/txt2img.py. Needs ~5 GB of RAM to build."""
     clip = _clip_config("hf", 768, 12, None, "quick_gelu", heads=12)
     return build_state_dict(UNetConfig(), VAEConfig(), [("cond_stage_model.transformer.", clip)], "sd1", seed,
-                            vae_dtype=torch.float32, clip_dtype=torch.float32)
+                            dtype=torch.float32)
 
 
 def _metadata(unet_cfg: UNetConfig, arch: str, seed: int) -> dict[str, str]:
