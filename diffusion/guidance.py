@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-TOKEN_CHUNK = 77
 MAX_CONTEXT_REPEAT = 4  # contexts whose lengths need more repetition than this run in separate calls
 
 
@@ -46,7 +45,8 @@ def resolve_conditioning(conditioning, model_sampling, where: str) -> list[CondE
             raise ValueError(f"{where}: CONDITIONING item {n} tensor must be [batch, tokens, dim], "
                              f"got shape {tuple(context.shape)}")
         # TODO(area/mask): 'area', 'mask', 'set_area_to_bounds', 'mask_strength' are not applied yet;
-        # such entries currently act on the whole latent.
+        # such entries currently act on the whole latent. TODO(control/concat): 'control' (ControlNet)
+        # and 'concat_latent_image' / 'concat_mask' (inpainting UNets) are not passed to apply_model yet.
         start = float(options.get("start_percent", 0.0))
         end = float(options.get("end_percent", 1.0))
         entries.append(CondEntry(context=context, options=options, strength=float(options.get("strength", 1.0)),

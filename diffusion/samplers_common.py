@@ -5,8 +5,6 @@ A sampler sees `model(x, sigma_batch, **extra_args) -> denoised` in sigma space 
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .noise import brownian_noise_sampler, default_noise_sampler
@@ -120,7 +118,3 @@ def lagrange_weights(nodes, lo: float, hi: float):
         anti = P.polyint(poly)
         weights.append(float(P.polyval(hi, anti) - P.polyval(lo, anti)))
     return weights
-
-
-def isclose(a, b) -> bool:
-    return math.isclose(float(a), float(b))

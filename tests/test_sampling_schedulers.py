@@ -1,7 +1,5 @@
 """Schedulers against COMPAT §10's observed reference sigmas, and the denoise / steps rules."""
 
-import math
-
 import pytest
 import torch
 
