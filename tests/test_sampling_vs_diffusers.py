@@ -153,6 +153,33 @@ def test_dpmpp_2m_sde():
     _assert_close(ours, theirs)
 
 
+def test_dpmpp_2m_sde_heun():
+    sched = diffusers.DPMSolverMultistepScheduler(**SD, algorithm_type="sde-dpmsolver++", solver_order=2,
+                                                  solver_type="heun", use_karras_sigmas=True,
+                                                  final_sigmas_type="zero")
+    sched.set_timesteps(STEPS)
+    x = _x_T(sched.sigmas[0])
+    theirs = _drive(sched, _vp(x, sched.sigmas[0]), _dpm_current, generator=torch.Generator().manual_seed(SEED))
+    gen = torch.Generator().manual_seed(SEED)
+    ours = _ours("dpmpp_2m_sde_heun", x, sched.sigmas,
+                 noise_sampler=lambda s, s_next: torch.randn(x.shape, generator=gen))
+    _assert_close(ours, theirs)
+
+
+def test_dpmpp_sde_with_brownian_tree():
+    """DPM++ SDE: diffusers also draws from a torchsde Brownian tree seeded with the seed over
+    [smallest non-zero sigma, largest sigma], so even the noise is the same without any help."""
+    sched = diffusers.DPMSolverSDEScheduler(**SD, use_karras_sigmas=True, noise_sampler_seed=SEED)
+    sched.set_timesteps(STEPS)
+    x = _x_T(sched.sigmas[0])
+
+    def sigma_at(s):
+        return s.sigmas[s.step_index] if s.state_in_first_order else s.mid_point_sigma
+
+    theirs = _drive(sched, x, sigma_at)
+    _assert_close(_ours("dpmpp_sde", x, _base(sched.sigmas)), theirs)
+
+
 @pytest.mark.parametrize("name,variant", [("uni_pc", "bh1"), ("uni_pc_bh2", "bh2")])
 def test_uni_pc(name, variant):
     """Like ComfyUI, our UniPC stops at sigma = 0.001 instead of 0; diffusers is given the same last
