@@ -48,7 +48,9 @@ def default_noise_sampler(x: torch.Tensor, seed: int | None = None) -> NoiseSamp
     generator = None
     if seed is not None:
         generator = torch.Generator(device=x.device)
-        generator.manual_seed(int(seed) + 1 if x.device.type == "cpu" else int(seed))
+        seed = int(seed) + 1 if x.device.type == "cpu" else int(seed)
+        # torch seeds are 64-bit: the largest UI seed plus one wraps to 0 instead of overflowing
+        generator.manual_seed(seed % 2 ** 64)
 
     def sample(sigma, sigma_next):
         return torch.randn(x.shape, dtype=x.dtype, layout=x.layout, device=x.device, generator=generator)

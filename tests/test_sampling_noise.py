@@ -75,3 +75,9 @@ def test_brownian_tree_cpu_flag_on_cpu_matches():
     a = BrownianTreeNoiseSampler(x, 0.1, 10.0, seed=5, cpu=True)
     b = BrownianTreeNoiseSampler(x, 0.1, 10.0, seed=5, cpu=False)
     assert torch.equal(a(torch.tensor(5.0), torch.tensor(2.0)), b(torch.tensor(5.0), torch.tensor(2.0)))
+
+
+def test_ancestral_noise_for_largest_seed_wraps():
+    x = torch.zeros(1, 4, 2, 2)
+    got = default_noise_sampler(x, seed=2 ** 64 - 1)(1.0, 0.5)
+    assert torch.equal(got, torch.randn(x.shape, generator=torch.Generator().manual_seed(0)))
