@@ -96,7 +96,7 @@ def run_sampler(model, noise, positive, negative, cfg, sampler_name, sigmas, lat
         inpaint_noise = noise
         if sampler_name == "ddim":
             # DDIM keeps the masked-out area re-noised with independent noise (seed + 1)
-            generator = torch.manual_seed((41 if seed is None else int(seed)) + 1)
+            generator = torch.manual_seed(((41 if seed is None else int(seed)) + 1) % 2 ** 64)
             inpaint_noise = torch.randn(noise.shape, generator=generator).to(device)
         mask = prepare_mask(noise_mask, latent.shape, device)
         wrapped = InpaintDenoiser(denoiser, latent, inpaint_noise, mask)
