@@ -84,7 +84,7 @@ class BrownianTreeNoiseSampler:
         w0 = torch.zeros_like(x)
         if cpu:
             t0, t1, w0 = t0.cpu(), t1.cpu(), w0.cpu()
-        self.tree = torchsde.BrownianTree(t0, w0, t1, entropy=int(seed))
+        self.tree = torchsde.BrownianTree(t0, w0, t1, entropy=int(seed) % 2 ** 64)
 
     def __call__(self, sigma, sigma_next) -> torch.Tensor:
         t0 = self.transform(torch.as_tensor(sigma, dtype=self.dtype, device=self.device))
