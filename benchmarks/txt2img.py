@@ -132,21 +132,18 @@ def _configs(sd: dict):
             ClipTextConfig.from_state_dict(clip, activation="quick_gelu"))
 
 
-def run_diffusers(size: int, steps: int, cfg: float, spawned_at: float) -> dict:
-    import torch
+def diffusers_pipeline(sd: dict):
+    """diffusers' StableDiffusionPipeline holding the tensors of an SD1-architecture checkpoint `sd`
+    (original single-file keys), converted with diffusers' own single-file converters, Euler scheduler.
+    Also used by tests/test_sdnodes_diffusers_parity.py as the reference pipeline."""
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
                                                      convert_ldm_vae_checkpoint)
-    from safetensors.torch import load_file
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    imported = time.time()
-    start = time.time()
-    sd = load_file(str(CKPT))
     unet_cfg, vae_cfg, clip_cfg = _configs(sd)
-    levels = len(unet_cfg.channel_mult)
-    has_attn = [any(unet_cfg.transformer_depth[sum(unet_cfg.num_res_blocks[:i]):sum(unet_cfg.num_res_blocks[:i + 1])])
-                for i in range(levels)]
+    ends = [sum(unet_cfg.num_res_blocks[:i + 1]) for i in range(len(unet_cfg.channel_mult))]
+    has_attn = [any(unet_cfg.transformer_depth[e - n:e]) for e, n in zip(ends, unet_cfg.num_res_blocks)]
     unet = UNet2DConditionModel(
         sample_size=64, in_channels=unet_cfg.in_channels, out_channels=unet_cfg.out_channels,
         layers_per_block=unet_cfg.num_res_blocks[0], cross_attention_dim=unet_cfg.context_dim,
@@ -154,28 +151,46 @@ def run_diffusers(size: int, steps: int, cfg: float, spawned_at: float) -> dict:
         attention_head_dim=unet_cfg.num_heads,  # SD1 files: a head count, named head_dim in diffusers
         down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in has_attn),
         up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(has_attn)))
-    unet.load_state_dict(convert_ldm_unet_checkpoint(sd, unet.config))
+    unet.load_state_dict({k: v.float() for k, v in convert_ldm_unet_checkpoint(sd, unet.config).items()})
     n = len(vae_cfg.ch_mult)
     vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=vae_cfg.embed_dim,
                         layers_per_block=vae_cfg.num_res_blocks, sample_size=512,
                         block_out_channels=tuple(m * vae_cfg.ch for m in vae_cfg.ch_mult),
                         down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
                         scaling_factor=0.18215)
-    vae.load_state_dict(convert_ldm_vae_checkpoint(sd, vae.config))
+    vae.load_state_dict({k: v.float() for k, v in convert_ldm_vae_checkpoint(sd, vae.config).items()})
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=clip_cfg.vocab_size, hidden_size=clip_cfg.width, intermediate_size=clip_cfg.mlp_width,
         num_hidden_layers=clip_cfg.layers, num_attention_heads=clip_cfg.heads,
         max_position_embeddings=clip_cfg.context_length, hidden_act="quick_gelu"))
-    clip_sd = {k: v.float() for k, v in convert_ldm_clip_checkpoint(sd).items()}
-    text_encoder.load_state_dict(clip_sd, strict=False)  # position_ids buffers differ between versions
-    del sd, clip_sd
+    expected = set(text_encoder.state_dict())
+    clip_sd = convert_ldm_clip_checkpoint(sd)
+    if not any(k.startswith("text_model.") for k in expected):  # transformers 5 dropped the prefix
+        clip_sd = {k.removeprefix("text_model."): v for k, v in clip_sd.items()}
+    clip_sd = {k: v.float() for k, v in clip_sd.items() if k in expected}
+    missing = sorted(k for k in expected - set(clip_sd) if not k.endswith("position_ids"))
+    if missing:
+        raise RuntimeError(f"text encoder weights not converted: {missing[:5]}")
+    text_encoder.load_state_dict(clip_sd, strict=False)  # strict apart from the position_ids buffer
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       timestep_spacing="linspace", num_train_timesteps=1000,
-                                       steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(
-        str(_tokenizer_dir()), model_max_length=clip_cfg.context_length), unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
+                                       timestep_spacing="linspace", num_train_timesteps=1000, steps_offset=1)
+    tokenizer = CLIPTokenizer.from_pretrained(str(_tokenizer_dir()), model_max_length=clip_cfg.context_length)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_diffusers(size: int, steps: int, cfg: float, spawned_at: float) -> dict:
+    import torch
+    from safetensors.torch import load_file
+
+    imported = time.time()
+    start = time.time()
+    sd = load_file(str(CKPT))
+    pipe = diffusers_pipeline(sd)
+    del sd
     loaded = time.time()
     steps_t = []
 
