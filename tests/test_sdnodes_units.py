@@ -289,3 +289,10 @@ def test_sampler_names_the_bad_input(recorded_sample):
     with pytest.raises(RuntimeError, match="KSampler: the model input is None"):
         KSampler().execute(None, 0, 1, 1.0, "euler", "normal", COND, COND, {"samples": torch.zeros(1, 4, 2, 2)})
     assert recorded_sample == []
+
+
+def test_checkpoint_loader_with_config_ignores_the_config(sd_home):  # noqa: F811
+    from nodes.sd_loaders import CheckpointLoader
+
+    model, clip, vae = CheckpointLoader().execute("v1-inference.yaml", "tiny-sd1.safetensors")
+    assert model.arch == "sd1" and clip.arch == "sd1" and vae.latent_channels == 4
