@@ -32,7 +32,7 @@ def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
 def sample_euler_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """Euler with CFG++ (Chung et al. 2024): step direction from the unconditional prediction."""
     extra_args, s_in = setup(x, extra_args)
-    extra_args, uncond = capture_uncond(extra_args)
+    model, extra_args, uncond = capture_uncond(model, extra_args)
     for i in steps(len(sigmas) - 1, disable):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
@@ -61,7 +61,7 @@ def sample_euler_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback=No
                                   eta=1.0, s_noise=1.0, noise_sampler=None):
     """Ancestral Euler with CFG++ (Chung et al. 2024)."""
     extra_args, s_in = setup(x, extra_args)
-    extra_args, uncond = capture_uncond(extra_args)
+    model, extra_args, uncond = capture_uncond(model, extra_args)
     noise_sampler = step_noise(x, extra_args, noise_sampler)
     for i in steps(len(sigmas) - 1, disable):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
@@ -208,7 +208,7 @@ def sample_dpmpp_2s_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback
                                      eta=1.0, s_noise=1.0, noise_sampler=None):
     """Ancestral DPM-Solver++(2S) with CFG++ (Chung et al. 2024)."""
     extra_args, s_in = setup(x, extra_args)
-    extra_args, uncond = capture_uncond(extra_args)
+    model, extra_args, uncond = capture_uncond(model, extra_args)
     noise_sampler = step_noise(x, extra_args, noise_sampler)
     for i in steps(len(sigmas) - 1, disable):
         denoised = model(x, sigmas[i] * s_in, **extra_args)

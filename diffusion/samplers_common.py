@@ -84,10 +84,11 @@ def churn(x, sigma, n_steps, s_churn, s_tmin, s_tmax, s_noise):
     return x, sigma_hat
 
 
-def capture_uncond(extra_args):
+def capture_uncond(model, extra_args):
     """For CFG++ samplers: make the guider also report the unconditional x0 prediction.
 
-    Returns (new_extra_args, box) where box[0] holds the latest uncond prediction after each call.
+    Returns (model, extra_args, box): after each call of the returned model, box[0] holds that call's
+    unconditional prediction - or the output itself when the model has no CFG hooks (no guidance).
     """
     box = [None]
 
@@ -98,7 +99,15 @@ def capture_uncond(extra_args):
     options = dict(extra_args.get("model_options", {}))
     options["sampler_post_cfg_function"] = list(options.get("sampler_post_cfg_function", [])) + [post_cfg]
     options["disable_cfg1_optimization"] = True
-    return {**extra_args, "model_options": options}, box
+
+    def wrapped(x, sigma, **kwargs):
+        box[0] = None
+        out = model(x, sigma, **kwargs)
+        if box[0] is None:
+            box[0] = out
+        return out
+
+    return wrapped, {**extra_args, "model_options": options}, box
 
 
 def lagrange_weights(nodes, lo: float, hi: float):

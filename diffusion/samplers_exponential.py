@@ -29,7 +29,7 @@ def _res_multistep(model, x, sigmas, extra_args, callback, disable, s_noise, noi
     extra_args, s_in = setup(x, extra_args)
     uncond = [None]
     if cfg_pp:
-        extra_args, uncond = capture_uncond(extra_args)
+        model, extra_args, uncond = capture_uncond(model, extra_args)
     noise_sampler = step_noise(x, extra_args, noise_sampler)
     old_sigma_down = old_denoised = None
     for i in steps(len(sigmas) - 1, disable):
@@ -94,7 +94,7 @@ def _gradient_estimation(model, x, sigmas, extra_args, callback, disable, ge_gam
     extra_args, s_in = setup(x, extra_args)
     uncond = [None]
     if cfg_pp:
-        extra_args, uncond = capture_uncond(extra_args)
+        model, extra_args, uncond = capture_uncond(model, extra_args)
     old_d = None
     for i in steps(len(sigmas) - 1, disable):
         denoised = model(x, sigmas[i] * s_in, **extra_args)

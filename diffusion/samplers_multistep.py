@@ -54,7 +54,7 @@ def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=No
 def sample_dpmpp_2m_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """DPM-Solver++(2M) with CFG++ (Chung et al. 2024): the history uses unconditional predictions."""
     extra_args, s_in = setup(x, extra_args)
-    extra_args, uncond = capture_uncond(extra_args)
+    model, extra_args, uncond = capture_uncond(model, extra_args)
     old_uncond = None
     for i in steps(len(sigmas) - 1, disable):
         denoised = model(x, sigmas[i] * s_in, **extra_args)

@@ -80,8 +80,9 @@ def run_sampler(model, noise, positive, negative, cfg, sampler_name, sigmas, lat
         raise ValueError(f"sample: noise shape {tuple(noise.shape)} differs from latent shape "
                          f"{tuple(latent_image.shape)}")
     sampler = get_sampler(sampler_name)
-    if len(sigmas) < 2:
+    if len(sigmas) == 0:
         return latent_image.detach().to("cpu", torch.float32).clone()
+    # a single sigma runs no step but still returns the noised latent (KSamplerAdvanced "add noise only")
     device = _device_of(model)
     ms = model.model_sampling
     latent = latent_image.to(device, torch.float32)

@@ -32,3 +32,36 @@ def test_common_signature(name):
 def test_unknown_sampler_named():
     with pytest.raises(ValueError, match="unknown sampler 'nope'"):
         get_sampler("nope")
+
+
+@pytest.mark.parametrize("name", COMPAT_ORDER)
+def test_short_schedules_run(name):
+    """One sigma (no step), one step to 0, one step to a non-zero sigma: finite results."""
+    import torch
+
+    from diffusion.model_sampling import ModelSampling
+    from sampling_fakes import denoiser_from_eps_net
+
+    model = denoiser_from_eps_net(ModelSampling())
+    x = torch.randn(1, 4, 2, 2, generator=torch.Generator().manual_seed(0))
+    for sigmas in ([3.0], [3.0, 0.0], [3.0, 1.0]):
+        out = get_sampler(name)(model, x.clone(), torch.tensor(sigmas), extra_args={"seed": 1})
+        assert out.shape == x.shape and torch.isfinite(out).all(), sigmas
+    assert torch.equal(get_sampler(name)(model, x.clone(), torch.tensor([3.0]), extra_args={"seed": 1}), x)
+
+
+@pytest.mark.parametrize("plain", ["euler", "euler_ancestral", "dpmpp_2s_ancestral", "dpmpp_2m", "res_multistep",
+                                   "res_multistep_ancestral", "gradient_estimation"])
+def test_cfg_pp_without_guidance_equals_plain_sampler(plain):
+    """A model without CFG hooks has uncond == output, and CFG++ reduces to its base method."""
+    import torch
+
+    from diffusion.model_sampling import ModelSampling
+    from sampling_fakes import denoiser_from_eps_net
+
+    model = denoiser_from_eps_net(ModelSampling())
+    x = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(0)) * 4
+    sigmas = torch.tensor([4.0, 2.0, 1.0, 0.3, 0.0])
+    a = get_sampler(plain + "_cfg_pp")(model, x, sigmas, extra_args={"seed": 2})
+    b = get_sampler(plain)(model, x, sigmas, extra_args={"seed": 2})
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)

@@ -150,3 +150,13 @@ def test_empty_latent_takes_model_channels():
     assert fix_empty_latent_channels(model, kept) is kept
     out, _ = _run(model, torch.zeros(1, 4, 2, 2), noise=prepare_noise(wide[:1, :, :2, :2], 0))
     assert out.shape == (1, 16, 2, 2)
+
+
+def test_single_sigma_returns_noised_latent():
+    """end_at_step 0: no model call, but the result carries the added noise (x_T / scale)."""
+    model = GaussianModel(scale_factor=SF)
+    latent = torch.full((1, 4, 2, 2), 2.0)
+    out, noise = _run(model, latent, denoise=0.5, last_step=0)
+    sigma0 = float(sampling_sigmas(model.model_sampling, "normal", 6, "euler", denoise=0.5)[0])
+    assert model.calls == []
+    assert torch.allclose(out, (latent * SF + noise * sigma0) / SF, atol=1e-6)
