@@ -10,7 +10,7 @@ import torch
 
 from nodes.spec import MAX_RESOLUTION, Int, Link, Out, mappings, node
 
-LATENT_CHANNELS = 4  # SD1/SD2/SDXL; the sampler widens an all-zero latent for other families
+LATENT_CHANNELS = 4  # SD1/SD2/SDXL, the model families the runtime loads
 
 
 def _require_vae(vae, node: str):
@@ -20,11 +20,12 @@ def _require_vae(vae, node: str):
     return vae
 
 
-def _require_latent(samples, node: str) -> torch.Tensor:
-    if not isinstance(samples, dict) or not isinstance(samples.get("samples"), torch.Tensor):
-        raise TypeError(f"{node}: samples must be a LATENT (a dict with a 'samples' tensor), "
-                        f"got {type(samples).__name__}")
-    return samples["samples"]
+def require_latent(value, node: str, input_name: str = "samples") -> torch.Tensor:
+    """The samples tensor of a LATENT input, or a TypeError naming the node and input."""
+    if not isinstance(value, dict) or not isinstance(value.get("samples"), torch.Tensor):
+        raise TypeError(f"{node}: {input_name} must be a LATENT (a dict with a 'samples' tensor), "
+                        f"got {type(value).__name__}")
+    return value["samples"]
 
 
 def _require_image(pixels, node: str) -> torch.Tensor:
@@ -56,7 +57,7 @@ class EmptyLatentImage:
               Link("vae", "VAE", tooltip="The VAE matching the model that made the latents.")])
 class VAEDecode:
     def execute(self, samples, vae):
-        latent = _require_latent(samples, "VAEDecode")
+        latent = require_latent(samples, "VAEDecode")
         return (_require_vae(vae, "VAEDecode").decode(latent),)
 
 
@@ -89,7 +90,7 @@ def _clamp_overlap(tile_size: int, overlap: int) -> int:
       inputs=[Link("samples", "LATENT"), Link("vae", "VAE"), *_tile_inputs(32)])
 class VAEDecodeTiled:
     def execute(self, samples, vae, tile_size, overlap=64, temporal_size=64, temporal_overlap=8):
-        latent = _require_latent(samples, "VAEDecodeTiled")
+        latent = require_latent(samples, "VAEDecodeTiled")
         vae = _require_vae(vae, "VAEDecodeTiled")
         return (vae.decode_tiled(latent, tile=tile_size, overlap=_clamp_overlap(tile_size, overlap)),)
 

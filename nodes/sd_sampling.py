@@ -12,6 +12,7 @@ import torch
 from diffusion import previews, sampling
 from graph.progress import check_interrupt, current_node, report_progress
 from nodes import folder_paths
+from nodes.sd_latent import require_latent
 from nodes.spec import Combo, Float, Int, Link, Out, mappings, node
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF  # COMPAT §10: seeds 0..2^64-1 are accepted
@@ -42,13 +43,6 @@ def _common_inputs(seed_name: str, seed_tip: str) -> list:
 
 
 _MODEL = Link("model", "MODEL", tooltip="The diffusion model that predicts the noise.")
-
-
-def _check_latent(latent, node: str) -> torch.Tensor:
-    if not isinstance(latent, dict) or not isinstance(latent.get("samples"), torch.Tensor):
-        raise TypeError(f"{node}: latent_image must be a LATENT (a dict with a 'samples' tensor), "
-                        f"got {type(latent).__name__}")
-    return latent["samples"]
 
 
 def _check_conditioning(cond, node: str, name: str) -> list:
@@ -102,7 +96,7 @@ def common_ksampler(node: str, model, seed, steps, cfg, sampler_name, scheduler,
                     force_full_denoise=False):
     """Sample `latent` and return a copy of the LATENT dict with the new samples."""
     model = _check_model(model, node)
-    latent_image = _check_latent(latent, node)
+    latent_image = require_latent(latent, node, "latent_image")
     positive = _check_conditioning(positive, node, "positive")
     negative = _check_conditioning(negative, node, "negative")
     check_interrupt()
