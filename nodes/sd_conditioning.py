@@ -105,6 +105,8 @@ class CLIPTextEncodeSDXLRefiner:
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = mappings(
     CLIPSetLastLayer, CLIPTextEncode, CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner)
-# COMPAT §4: the SDXL encoders live in comfy_extras in ComfyUI, which /object_info reports as
-# python_module "comfy_extras.nodes_clip_sdxl". Offered for the registry (see the final report).
-PYTHON_MODULES = {name: "comfy_extras.nodes_clip_sdxl" for name in ("CLIPTextEncodeSDXL", "CLIPTextEncodeSDXLRefiner")}
+# ComfyUI keeps the SDXL encoders in comfy_extras, which /object_info reports as their python_module
+# (COMPAT §4); RELATIVE_PYTHON_MODULE is the attribute ComfyUI uses for that (COMPAT §7).
+for _cls in (CLIPTextEncodeSDXL, CLIPTextEncodeSDXLRefiner):
+    _cls.RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_clip_sdxl"
+del _cls
