@@ -295,3 +295,19 @@ def test_out_of_range_widget_is_rejected(registry, sd_home):  # noqa: F811
         _runner(registry).run(txt2img_prompt(denoise=1.5))
     errors = err.value.details["node_errors"]["3"]["errors"]
     assert errors[0]["type"] == "value_bigger_than_max" and errors[0]["extra_info"]["input_name"] == "denoise"
+
+
+def test_batch_item_zero_equals_single_image(registry, sd_home):  # noqa: F811
+    # COMPAT §10: one batched randn draw; with (H/8)(W/8) divisible by 4 its first item is the
+    # single-image draw, so the first image of a batch of two is the batch-of-one image.
+    runner = _runner(registry)
+    single = _capture(txt2img_prompt(seed=9, steps=2), "3", "single")
+    batch = _capture(txt2img_prompt(seed=9, steps=2), "3", "batch")
+    batch["5"]["inputs"]["batch_size"] = 2
+    runner.run(single)
+    result = runner.run(batch)
+    one, two = CaptureLatent.seen["single"]["samples"], CaptureLatent.seen["batch"]["samples"]
+    assert two.shape == (2, 4, 8, 8)
+    torch.testing.assert_close(two[:1], one, atol=LATENT_ATOL, rtol=LATENT_RTOL)
+    assert not torch.allclose(two[1], two[0], atol=1.0)
+    assert len(result.outputs["9"]["images"]) == 2
