@@ -311,3 +311,43 @@ def test_batch_item_zero_equals_single_image(registry, sd_home):  # noqa: F811
     torch.testing.assert_close(two[:1], one, atol=LATENT_ATOL, rtol=LATENT_RTOL)
     assert not torch.allclose(two[1], two[0], atol=1.0)
     assert len(result.outputs["9"]["images"]) == 2
+
+
+def test_vae_loader_file_replaces_the_checkpoint_vae(registry, sd_home, tiny_checkpoint_files):  # noqa: F811
+    from safetensors.torch import load_file, save_file
+
+    # A VAE-only file in the usual layout (prefix stripped) holding the checkpoint's own VAE.
+    sd = load_file(str(tiny_checkpoint_files["sd1"]))
+    vae_sd = {k[len("first_stage_model."):]: v for k, v in sd.items() if k.startswith("first_stage_model.")}
+    (sd_home / "models" / "vae").mkdir(parents=True, exist_ok=True)
+    save_file(vae_sd, str(sd_home / "models" / "vae" / "own.safetensors"))
+    prompt = _capture(txt2img_prompt(steps=1), "3", "vae_file")
+    prompt["12"] = {"class_type": "VAELoader", "inputs": {"vae_name": "own.safetensors"}}
+    prompt["13"] = {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["12", 0]}}
+    prompt["14"] = {"class_type": "SaveImage", "inputs": {"images": ["13", 0], "filename_prefix": "own_vae"}}
+    result = _runner(registry).run(prompt)
+    from nodes import folder_paths
+
+    a, b = (np.asarray(Image.open(p)) for p in result.files(folder_paths))
+    assert np.array_equal(a, b)  # same weights, same pixels
+
+
+def test_vae_loader_offers_and_loads_taesd_when_both_halves_exist(registry, sd_home):  # noqa: F811
+    from safetensors.torch import save_file
+
+    from nodes.sd_loaders import VAELoader
+    from tests.vae_keymap import diffusers_taesd_part_to_original, tiny_diffusers_taesd
+
+    approx = sd_home / "models" / "vae_approx"
+    approx.mkdir(parents=True, exist_ok=True)
+    weights = tiny_diffusers_taesd(seed=1).state_dict()
+    save_file(diffusers_taesd_part_to_original(weights, "decoder"), str(approx / "taesd_decoder.safetensors"))
+    options = registry.object_info_for("VAELoader")["input"]["required"]["vae_name"][0]
+    assert "taesd" not in options  # the encoder half is still missing
+    save_file(diffusers_taesd_part_to_original(weights, "encoder"), str(approx / "taesd_encoder.safetensors"))
+    options = registry.object_info_for("VAELoader")["input"]["required"]["vae_name"][0]
+    assert options[-2:] == ["taesd", "pixel_space"]
+    (vae,) = VAELoader().execute("taesd")
+    image = vae.decode(torch.zeros(1, 4, 8, 8))
+    assert image.shape == (1, 64, 64, 3)
+    assert vae.encode(image).shape == (1, 4, 8, 8)
