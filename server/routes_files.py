@@ -1,5 +1,5 @@
-"""File routes: /view, /upload/image, /upload/mask, model listings, /internal/files and
-/internal/folder_paths. Every path goes through security.resolve_inside."""
+"""File routes: /view, /upload/image, /upload/mask, model listings (incl. /experiment/models),
+/internal/files and /internal/folder_paths. Every path goes through security.resolve_inside."""
 from __future__ import annotations
 
 import hashlib
@@ -235,6 +235,38 @@ async def models_in_folder(request: web.Request):
     if folder not in _folder_keys(fp):
         raise ApiError(404, f"unknown model folder {folder!r}")
     return json_response(fp.get_filename_list(folder))
+
+
+# Folder keys that hold no model files; the frontend's model library leaves them out.
+_NOT_MODEL_FOLDERS = ("configs", "custom_nodes")
+
+
+@routes.get("/experiment/models", "Model folders for the frontend's model library: [{name, folders}]")
+async def experiment_model_folders(request: web.Request):
+    fp = state_of(request).folder_paths
+    return json_response([{"name": key, "folders": fp.get_folder_paths(key)}
+                          for key in _folder_keys(fp) if key not in _NOT_MODEL_FOLDERS])
+
+
+@routes.get("/experiment/models/{folder}",
+            "Files of one model folder with the index of the search path holding each, size and times")
+async def experiment_models_in_folder(request: web.Request):
+    fp = state_of(request).folder_paths
+    folder = request.match_info["folder"]
+    if folder not in _folder_keys(fp) or folder in _NOT_MODEL_FOLDERS:
+        raise ApiError(404, f"unknown model folder {folder!r}")
+    roots = fp.get_folder_paths(folder)
+    entries = []
+    # get_filename_list already applies the folder's extensions; a name may sit in several roots.
+    for name in fp.get_filename_list(folder):
+        for index, root in enumerate(roots):
+            try:
+                st = os.stat(os.path.join(root, name))
+            except OSError:
+                continue
+            entries.append({"name": Path(name).as_posix(), "pathIndex": index, "modified": st.st_mtime,
+                            "created": st.st_ctime, "size": st.st_size})
+    return json_response(entries)
 
 
 @routes.get("/embeddings", "Embedding names (without extension)")
