@@ -70,11 +70,14 @@ def test_tiny_checkpoint_is_deterministic_per_seed():
     assert not torch.equal(a[key], c[key])
 
 
-def test_tool_writes_default_name_and_refuses_to_overwrite(tmp_path, capsys):
+def test_tool_writes_a_loadable_file_and_refuses_to_overwrite(tmp_path, capsys):
     from tools.make_tiny_checkpoint import main
+
+    from diffusion.checkpoint import detect_arch, read_state_dict
 
     out = tmp_path / "ckpt.safetensors"
     assert main(["--out", str(out)]) == 0 and out.is_file()
+    assert detect_arch(*read_state_dict(out)) == "sd1"
     before = out.stat().st_mtime_ns
     assert main(["--out", str(out)]) == 0
     assert out.stat().st_mtime_ns == before and "exists" in capsys.readouterr().out
