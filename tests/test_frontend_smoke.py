@@ -153,5 +153,11 @@ def test_official_frontend_boots_runs_default_workflow_and_shows_image(server, p
     jobs = server.get_json("/api/jobs?status=completed&limit=10")["jobs"]
     assert [j["preview_output"]["filename"] for j in jobs] == [filename]
 
+    # The model library sidebar (fed by /api/experiment/models) lists the checkpoint we ran.
+    ckpt_stem = Path(by_type["CheckpointLoaderSimple"]["widgets_values"][0]).stem
+    page.get_by_role("button", name="Model Library (m)").click()
+    page.get_by_text("checkpoints", exact=True).first.click()
+    page.get_by_text(ckpt_stem, exact=True).wait_for(state="visible", timeout=15_000)
+
     assert problems == [], "\n".join(problems) + "\n--- server log ---\n" + server.log_tail()
     print(f"run took {run_seconds:.1f}s in the browser; screenshot at {SCREENSHOT}")
