@@ -103,9 +103,9 @@ def test_official_frontend_boots_runs_default_workflow_and_shows_image(server, p
     assert _visible_dialogs(page) == [], "a dialog blocks the editor after boot"
 
     # Every node type of our workflow came through /api/object_info into the frontend's node library.
-    registered = page.evaluate("(types) => types.filter(t => !window.LiteGraph.registered_node_types[t])",
+    unknown = page.evaluate("(types) => types.filter(t => !window.LiteGraph.registered_node_types[t])",
                                sorted(by_type))
-    assert registered == [], f"frontend does not know these node types: {registered}"
+    assert unknown == [], f"frontend does not know these node types: {unknown}"
 
     # --- load our workflow, bring it all into view, and press Run like a user
     page.evaluate("async (wf) => { await window.app.loadGraphData(wf); }", workflow)
