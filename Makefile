@@ -31,7 +31,13 @@ run: setup $(TINY_CKPT)
 serve: setup
 	$(BIN)/python main.py
 
-test: setup
+# Browser tests drive Debian's chromium; install it where it is missing (CI runs as root).
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "chromium missing: sudo apt-get install chromium (browser tests will be skipped)"; fi
+
+test: setup | $(CHROMIUM)
 	$(BIN)/python -m pytest -q -m "not slow" -n 2 $(PYTEST_ARGS)
 
 test-slow: setup
