@@ -41,6 +41,9 @@ def resolve_conditioning(conditioning, model_sampling, where: str) -> list[CondE
                 and isinstance(item[1], dict)):
             raise TypeError(f"{where}: CONDITIONING item {n} must be [tensor, dict]")
         context, options = item
+        # The model's extra inputs may depend on which side a prompt is on (the SDXL refiner's
+        # default aesthetic score is 2.5 for negatives, 6 otherwise); an explicit value wins.
+        options = {"prompt_type": where, **options}
         if context.ndim != 3:
             raise ValueError(f"{where}: CONDITIONING item {n} tensor must be [batch, tokens, dim], "
                              f"got shape {tuple(context.shape)}")
