@@ -1,0 +1,29 @@
+"""The one-call Python API: nodes.run_workflow keeps its cache between calls."""
+import json
+import os
+
+import pytest
+
+import nodes
+from graph.runner import RunError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(ROOT, "workflows", "example_images.json")
+
+
+def test_run_workflow_reuses_its_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(nodes, "_runner", None)
+    old = nodes.folder_paths.get_output_directory()
+    nodes.folder_paths.set_output_directory(str(tmp_path))
+    try:
+        wf = json.load(open(EXAMPLE))
+        first = nodes.run_workflow(wf)
+        files = first.files(nodes.folder_paths)
+        assert files and all(os.path.isfile(f) for f in files)
+        assert len(first.ran) == len(wf)
+        again = nodes.run_workflow(EXAMPLE)  # same workflow from its path: nothing re-runs
+        assert again.ran == []
+        with pytest.raises(RunError, match="no such file"):
+            nodes.run_workflow(str(tmp_path / "missing.json"))
+    finally:
+        nodes.folder_paths.set_output_directory(old)
