@@ -16,7 +16,6 @@ from nodes.sd_latent import require_latent
 from nodes.spec import Combo, Float, Int, Link, Out, mappings, node
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF  # COMPAT §10: seeds 0..2^64-1 are accepted
-PREVIEW_METHODS = ("none", "auto", "latent2rgb", "taesd")
 
 
 def _sampler_names() -> list:
@@ -75,11 +74,11 @@ def _progress_callback(model):
 
 def preview_method() -> str:
     """The running prompt's preview method: extra_data["preview_method"] (the server puts the
-    --preview-method default there), "none" when unknown or outside a prompt."""
+    --preview-method default there), "none" when unknown (e.g. "default") or outside a prompt."""
     run = current_node()
     extra = run.extra_data if run is not None else {}
     method = extra.get("preview_method") or "none"
-    return method if method in PREVIEW_METHODS else "none"
+    return method if method in previews.METHODS else "none"
 
 
 def _previewer(model):
