@@ -50,9 +50,13 @@ def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
+        if sigma_down == 0:
+            # ComfyUI's sample_euler_ancestral: the x0 prediction itself, and no noise even when an
+            # eta > 1 made sigma_down reach 0 before the end of the schedule
+            x = denoised
+            continue
         x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
-        if sigmas[i + 1] > 0:
-            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+        x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
 
 
@@ -159,14 +163,14 @@ def sample_dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, dis
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         d = to_d(x, sigmas[i], denoised)
         if sigma_down == 0:
+            # Euler to sigma_down = 0; like k-diffusion and ComfyUI no noise follows, even mid-schedule
             x = x + d * (sigma_down - sigmas[i])
-        else:
-            sigma_mid = log_lerp(sigmas[i], sigma_down)
-            x_2 = x + d * (sigma_mid - sigmas[i])
-            d_2 = to_d(x_2, sigma_mid, model(x_2, sigma_mid * s_in, **extra_args))
-            x = x + d_2 * (sigma_down - sigmas[i])
-        if sigmas[i + 1] > 0:
-            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
+            continue
+        sigma_mid = log_lerp(sigmas[i], sigma_down)
+        x_2 = x + d * (sigma_mid - sigmas[i])
+        d_2 = to_d(x_2, sigma_mid, model(x_2, sigma_mid * s_in, **extra_args))
+        x = x + d_2 * (sigma_down - sigmas[i])
+        x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
 
 

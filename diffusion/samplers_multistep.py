@@ -14,7 +14,8 @@ from .samplers_common import (capture_uncond, lagrange_weights, report, sde_nois
 def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, order=4):
     """Linear multistep (Adams-Bashforth in sigma; k-diffusion 'LMS'), up to `order` past slopes.
 
-    Weights are exact integrals of the Lagrange basis through the past sigmas.
+    Weights are exact integrals of the Lagrange basis through the past sigmas. A step to sigma = 0
+    returns the x0 prediction, as ComfyUI does.
     """
     extra_args, s_in = setup(x, extra_args)
     sig = [float(s) for s in sigmas.double().cpu()]
@@ -24,6 +25,10 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         ds.append(to_d(x, sigmas[i], denoised))
         ds = ds[-order:]
+        if sigmas[i + 1] == 0:
+            # ComfyUI's sample_lms ends on the x0 prediction instead of a multistep step to 0
+            x = denoised
+            continue
         k = len(ds)
         weights = lagrange_weights([sig[i - j] for j in range(k)], sig[i], sig[i + 1])
         x = x + sum(w * d for w, d in zip(weights, reversed(ds)))
