@@ -119,33 +119,30 @@ def _run_pair(name, sigmas, noise_kind=None, denoise_last_like_comfy=False, **op
     return ours, ref
 
 
-# name -> (noise kind, extra options) for samplers whose k-diffusion signature matches ours
+# case -> (sampler name, noise kind, extra options) for samplers whose k-diffusion signature is ours
 SAME_SIGNATURE = {
-    "euler": (None, {}),
-    "heun": (None, {}),
-    "dpm_2": (None, {}),
-    "dpmpp_2m": (None, {}),
-    "euler_ancestral": ("ancestral", {}),
-    "dpm_2_ancestral": ("ancestral", {}),
-    "dpmpp_2s_ancestral": ("ancestral", {}),
-    "dpmpp_2s_ancestral_eta0.5": ("ancestral", {"eta": 0.5, "s_noise": 0.8}),
-    "dpmpp_sde": ("brownian", {}),
-    "dpmpp_sde_r0.3_eta0.5": ("brownian", {"r": 0.3, "eta": 0.5}),
-    "dpmpp_2m_sde": ("brownian", {}),
-    "dpmpp_2m_sde_heun": ("brownian", {"solver_type": "heun"}),
-    "dpmpp_2m_sde_eta0": ("brownian", {"eta": 0.0}),
-    "dpmpp_3m_sde": ("brownian", {}),
-    "dpmpp_3m_sde_eta0.5": ("brownian", {"eta": 0.5, "s_noise": 1.3}),
+    "euler": ("euler", None, {}),
+    "heun": ("heun", None, {}),
+    "dpm_2": ("dpm_2", None, {}),
+    "dpmpp_2m": ("dpmpp_2m", None, {}),
+    "euler_ancestral": ("euler_ancestral", "ancestral", {}),
+    "dpm_2_ancestral": ("dpm_2_ancestral", "ancestral", {}),
+    "dpmpp_2s_ancestral": ("dpmpp_2s_ancestral", "ancestral", {}),
+    "dpmpp_2s_ancestral_eta0.5": ("dpmpp_2s_ancestral", "ancestral", {"eta": 0.5, "s_noise": 0.8}),
+    "dpmpp_sde": ("dpmpp_sde", "brownian", {}),
+    "dpmpp_sde_r0.3_eta0.5": ("dpmpp_sde", "brownian", {"r": 0.3, "eta": 0.5}),
+    "dpmpp_2m_sde": ("dpmpp_2m_sde", "brownian", {}),
+    "dpmpp_2m_sde_heun": ("dpmpp_2m_sde", "brownian", {"solver_type": "heun"}),
+    "dpmpp_2m_sde_eta0": ("dpmpp_2m_sde", "brownian", {"eta": 0.0}),
+    "dpmpp_3m_sde": ("dpmpp_3m_sde", "brownian", {}),
+    "dpmpp_3m_sde_eta0.5": ("dpmpp_3m_sde", "brownian", {"eta": 0.5, "s_noise": 1.3}),
 }
 
 
 @pytest.mark.parametrize("schedule", sorted(SCHEDULES))
 @pytest.mark.parametrize("case", sorted(SAME_SIGNATURE))
 def test_same_signature_samplers_match_kdiffusion(case, schedule):
-    name = case.split("_eta")[0].split("_r0")[0]
-    if name == "dpmpp_2m_sde_heun":
-        name = "dpmpp_2m_sde"
-    noise_kind, options = SAME_SIGNATURE[case]
+    name, noise_kind, options = SAME_SIGNATURE[case]
     ours, ref = _run_pair(name, SCHEDULES[schedule], noise_kind, **options)
     assert_agree(ours, ref)
 
