@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --upgrade pip || true
 	$(BIN)/python -m pip install --find-links $(WHEELS) "$(TORCH)"
 	$(BIN)/python -m pip install --find-links $(WHEELS) -e '.[test]'
+	# Test-only reference: k-diffusion's samplers. Its declared dependencies (torchvision, wandb, …)
+	# would break our torch, and the tests load only its sampling module, so: no dependencies.
+	$(BIN)/python -m pip install --no-deps k-diffusion==0.1.1.post1
 	touch $(STAMP)
 
 setup: $(STAMP)
