@@ -9,10 +9,10 @@ in a fresh Python process, so each peak RSS (VmHWM) is that step's alone:
 - load: `load_checkpoint` wall time and peak RSS, then the peak after one forward has touched every
   UNet weight. Goal: peak <= 1.3x the file size (the file is memory-mapped, not copied).
 - unet: seconds per forward, batch 2 (one CFG step), at each latent size, per attention backend.
-- diffusers: UNet2DConditionModel (its default SDPA attention) with the same tensors; ratio = ours /
-  diffusers (goal <= 1.0).
+- diffusers: UNet2DConditionModel (its default SDPA attention) with the same tensors, timed in the
+  same process, round-robin with ours; ratio = ours / diffusers (goal <= 1.0).
 - vae: decode time and peak RSS at 512x512 and 1024x1024 pixels.
-Times are the best of --repeat runs after one warm-up at the smallest size.
+Times are the best of --repeat rounds after one warm-up of each network at the smallest size.
 """
 from __future__ import annotations
 
@@ -127,47 +127,51 @@ def step_load(repeat: int, sizes) -> dict:
             "peak_after_forward": _rss()["peak"]}
 
 
-def step_unet(repeat: int, sizes) -> dict:
-    import torch
-
-    from diffusion import attention
-    from diffusion.checkpoint import load_unet
-
-    model = load_unet(CHECKPOINT).model
-    results = {}
-    with torch.inference_mode():
-        model(*_inputs(min(sizes)))  # warm-up
-        for backend in attention.available_backends():
-            attention.set_backend(backend)
-            for size in sizes:
-                x, t, ctx = _inputs(size)
-                results[f"{backend}@{size}"] = _time(lambda: model(x, t, ctx), repeat)
-    return results
-
-
-def step_diffusers(repeat: int, sizes) -> dict:
+def _diffusers_unet(unet_sd: dict):
+    """diffusers' UNet2DConditionModel (SD1.5 config) whose parameters are the same tensors."""
     import torch
     from diffusers import UNet2DConditionModel
-
-    from diffusion.checkpoint import read_state_dict, split_state_dict
 
     sys.path.insert(0, str(ROOT / "tests"))
     from unet_keymap import diffusers_to_original_key  # the mapping the equivalence tests verify
 
-    unet_sd = split_state_dict(read_state_dict(CHECKPOINT)[0])["unet"]
     with torch.device("meta"):
         ref = UNet2DConditionModel(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2,
                                    cross_attention_dim=768, attention_head_dim=8)
     up_attn = [hasattr(b, "attentions") and len(b.attentions) > 0 for b in ref.up_blocks]
     sd = {k: unet_sd[diffusers_to_original_key(k, 2, up_attn)] for k in ref.state_dict()}
     ref.load_state_dict(sd, assign=True)
-    ref.eval()
+    return ref.eval()
+
+
+def step_unet(repeat: int, sizes, with_diffusers: bool) -> dict:
+    """Ours per backend and diffusers, interleaved round by round so that load from other processes
+    on a shared machine hits both alike; best of `repeat` rounds."""
+    import torch
+
+    from diffusion import attention
+    from diffusion.checkpoint import build_unet, read_state_dict, split_state_dict
+    from diffusion.config import detect_unet_config
+
+    unet_sd = split_state_dict(read_state_dict(CHECKPOINT)[0])["unet"]
+    ours = build_unet(unet_sd, detect_unet_config(unet_sd), torch.float32, "cpu")
+    runners = {b: (lambda b=b: attention.set_backend(b) or ours) for b in attention.available_backends()}
+    if with_diffusers:
+        ref = _diffusers_unet(unet_sd)
+        runners["diffusers"] = lambda: ref
     results = {}
     with torch.inference_mode():
-        ref(*_inputs(min(sizes)))
+        warm = _inputs(min(sizes))
+        for get in runners.values():  # warm-up: pages the mapped weights in, primes kernels
+            get()(*warm)
         for size in sizes:
             x, t, ctx = _inputs(size)
-            results[f"diffusers@{size}"] = _time(lambda: ref(x, t, ctx), repeat)
+            for _ in range(repeat):
+                for name, get in runners.items():
+                    model = get()
+                    seconds = _time(lambda: model(x, t, ctx), 1)
+                    key = f"{name}@{size}"
+                    results[key] = min(results.get(key, float("inf")), seconds)
     return results
 
 
@@ -188,7 +192,7 @@ def step_vae(repeat: int, sizes, pixels: int) -> dict:
 
 def _run_step(name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--step", name, "--repeat", str(args.repeat),
-           "--sizes", *map(str, args.sizes)]
+           "--sizes", *map(str, args.sizes)] + (["--skip-diffusers"] if args.skip_diffusers else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr)
@@ -199,7 +203,7 @@ def _run_step(name: str, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[32, 64], help="latent sizes (pixels / 8)")
-    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-vae", action="store_true")
     ap.add_argument("--skip-diffusers", action="store_true")
     ap.add_argument("--step", help=argparse.SUPPRESS)
@@ -207,8 +211,7 @@ def main() -> None:
 
     if args.step:
         steps = {"make": lambda: step_make(), "load": lambda: step_load(args.repeat, args.sizes),
-                 "unet": lambda: step_unet(args.repeat, args.sizes),
-                 "diffusers": lambda: step_diffusers(args.repeat, args.sizes),
+                 "unet": lambda: step_unet(args.repeat, args.sizes, not args.skip_diffusers),
                  "vae512": lambda: step_vae(args.repeat, args.sizes, 512),
                  "vae1024": lambda: step_vae(args.repeat, args.sizes, 1024)}
         print(json.dumps(steps[args.step]()))
@@ -233,9 +236,11 @@ def main() -> None:
           f"({load['peak_after_forward'] / size:.2f}x file; goal <= 1.3x) |")
 
     unet = _run_step("unet", args)
-    ref = {} if args.skip_diffusers else _run_step("diffusers", args)
+    ref = {k: v for k, v in unet.items() if k.startswith("diffusers@")}
     for key, seconds in unet.items():
         backend, s = key.split("@")
+        if backend == "diffusers":
+            continue
         line = f"| UNet forward {backend}, latent {s}x{s} | {seconds:.2f} s"
         if f"diffusers@{s}" in ref:
             line += f" (diffusers {ref[f'diffusers@{s}']:.2f} s, ratio {seconds / ref[f'diffusers@{s}']:.2f})"

@@ -9,6 +9,10 @@ overridden at any time:
 - "sliced"    plain softmax attention computed over query chunks, so the score matrix never exceeds
               `SLICE_BYTES`; for very large images on small memory, and as the readable reference.
 
+On CPU, ComfyUI defaults to a chunked (sub-quadratic) kernel; we default to SDPA, which is faster
+here and changes only the lowest bits of an image (COMPAT Appendix B). `set_backend("sliced")`
+gives the chunked behaviour.
+
 `mask` is a bool tensor (True = attend) or an additive float tensor, broadcastable to
 [B, heads, Nq, Nk]; a 3-d mask [B, Nq, Nk] is broadcast over heads.
 """

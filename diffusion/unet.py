@@ -152,14 +152,15 @@ class SpatialTransformer(nn.Module):
         x = self.norm(x)
         if not self.use_linear:
             x = self.proj_in(x)
-        x = x.flatten(2).transpose(1, 2)  # [B, HW, C]
+        # Token-major and contiguous: the linear layers and residual adds inside run faster on it.
+        x = x.permute(0, 2, 3, 1).reshape(b, h * w, -1)
         if self.use_linear:
             x = self.proj_in(x)
         for block in self.transformer_blocks:
             x = block(x, context, transformer_options)
         if self.use_linear:
             x = self.proj_out(x)
-        x = x.transpose(1, 2).reshape(b, -1, h, w)
+        x = x.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
         if not self.use_linear:
             x = self.proj_out(x)
         return x + x_in
@@ -236,7 +237,7 @@ class UNetModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.out[2].weight.dtype
 
-    def forward(self, x, timesteps, context, y=None, control=None, transformer_options=None):
+    def forward(self, x, timesteps, context, y=None, transformer_options=None, control=None):
         cfg = self.config
         if (y is None) != (cfg.adm_in_channels is None):
             raise ValueError(f"{cfg.arch} UNet: y (pooled/size conditioning) must be "

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from diffusion.checkpoint import load_unet
+from diffusion.model_sampling import ModelSampling
 from unet_models import TINY, TINY_POOLED_DIM, diffusers_unet, inputs, sdxl_y, write_unet_checkpoint
 
 REL_TOL = 1e-4
@@ -69,25 +70,42 @@ def test_odd_latent_size_matches_diffusers(sd1_pair):
     assert _rel_err(got, expected) <= REL_TOL
 
 
-@pytest.mark.parametrize("prediction", ["eps", "v_prediction"])
-def test_apply_model_matches_k_diffusion_formula(sd1_pair, prediction):
-    """apply_model = c_in scaling, sigma -> nearest timestep, and eps/v to x0, around diffusers."""
-    arch, ref, model = sd1_pair
-    ms_mod = pytest.importorskip("diffusion.model_sampling")
-    m = model.clone()
-    m.prediction = prediction
-    m._model_sampling = ms_mod.ModelSampling(prediction=prediction)
-    x, _, ctx, _ = inputs(arch)
-    sigma = torch.tensor([14.6146, 0.5])
-    sigmas = ms_mod.discrete_sigma_table()
+def _expected_x0(ref, x, sigma, ctx, prediction):
+    """k-diffusion's wrapper around an eps/v network, written out: c_in scaling, sigma -> nearest
+    timestep of the SD schedule, then eps: x - s*out; v: x/(s^2+1) - s*out/sqrt(s^2+1)."""
+    from diffusion.model_sampling import discrete_sigma_table
+
+    sigmas = discrete_sigma_table()
     t = torch.stack([(sigmas.log() - s.log()).abs().argmin() for s in sigma]).float()
     c_in = 1.0 / (sigma ** 2 + 1).sqrt()
     with torch.no_grad():
         out = ref(x * c_in[:, None, None, None], t, ctx).sample
     s = sigma[:, None, None, None]
     if prediction == "eps":
-        expected = x - out * s
-    else:
-        expected = x / (s ** 2 + 1) - out * s / (s ** 2 + 1).sqrt()
+        return x - out * s
+    return x / (s ** 2 + 1) - out * s / (s ** 2 + 1).sqrt()
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v_prediction"])
+def test_apply_model_matches_k_diffusion_formula(sd1_pair, prediction):
+    arch, ref, model = sd1_pair
+    m = model.clone()
+    m.prediction = prediction
+    m._model_sampling = ModelSampling(prediction=prediction)
+    x, _, ctx, _ = inputs(arch)
+    sigma = torch.tensor([14.6146, 0.5])
     got = m.apply_model(x, sigma, ctx)
-    assert _rel_err(got, expected) <= REL_TOL
+    assert _rel_err(got, _expected_x0(ref, x, sigma, ctx, prediction)) <= REL_TOL
+
+
+def test_sd2_v_file_is_detected_and_denoises_as_v(tmp_path_factory):
+    arch, ref, _ = _make_pair("sd2", tmp_path_factory)
+    path = tmp_path_factory.mktemp("sd2v") / "sd2-v.safetensors"
+    write_unet_checkpoint(ref, path, metadata={"modelspec.prediction_type": "v"})
+    model = load_unet(path)
+    assert (model.arch, model.prediction) == ("sd2", "v_prediction")
+    assert load_unet(path, prediction="eps").prediction == "eps"  # the option overrules the file
+    x, _, ctx, _ = inputs(arch)
+    sigma = torch.tensor([3.0, 0.1])
+    got = model.apply_model(x, sigma, ctx)
+    assert _rel_err(got, _expected_x0(ref, x, sigma, ctx, "v_prediction")) <= REL_TOL
