@@ -160,40 +160,37 @@ def get_free_memory(device=None) -> int:
     return available
 
 
-def estimate_unet_memory(config, shape, dtype=torch.float32, context_tokens: int = 77,
-                         attention_backend: str | None = None) -> int:
+def estimate_unet_memory(config, shape, dtype=torch.float32, context_tokens: int = 77) -> int:
     """Bytes of activations one UNet forward needs for a latent batch of `shape` [B, C, H, W].
 
     An upper-bound model of the network's working set: the skip connections kept for the decoder
-    (every input block's output), the widest level's few live temporaries, and the largest attention
-    score matrix if the backend materialises it (sliced materialises at most one chunk).
+    (every input block's output), the widest level's few live temporaries, and one block of
+    attention scores. Our backends never hold a full score matrix: SDPA's CPU and CUDA kernels and
+    xformers work in tiles, the sliced backend in chunks of at most SLICE_BYTES.
     """
-    from .attention import SLICE_BYTES, get_backend
+    from .attention import SLICE_BYTES
 
     b, _, h, w = shape
     item = torch.empty((), dtype=dtype).element_size()
     mc = config.model_channels
-    skips, level_pixels = 0, h * w
-    widest = 0
+    skips, widest, level_pixels = 0, 0, h * w
     for level, mult in enumerate(config.channel_mult):
         ch = mc * mult
         skips += (config.num_res_blocks[level] + 1) * level_pixels * ch
         widest = max(widest, level_pixels * ch)
         level_pixels = -(-level_pixels // 4)
-    # ~10 live tensors of the widest size: ResBlock temporaries, transformer in/out, GEGLU (8x width).
+    # ~12 live tensors of the widest size: ResBlock temporaries, transformer in/out, GEGLU (8x width).
     activations = (skips + 12 * widest) * b * item
-    attn = 0
-    backend = attention_backend or get_backend()
     # The first level with attention has the most tokens; transformer_depth lists input res blocks
     # level by level.
     levels = [lv for lv, n in enumerate(config.num_res_blocks) for _ in range(n)]
     with_attention = [lv for lv, d in zip(levels, config.transformer_depth) if d]
+    attn = 0
     if with_attention:
         level = with_attention[0]
         tokens = -(-h * w // (4 ** level))
         heads, _ = config.heads_for(mc * config.channel_mult[level])
-        scores = b * heads * tokens * max(tokens, context_tokens) * 4
-        attn = min(scores, SLICE_BYTES) if backend == "sliced" else scores
+        attn = min(b * heads * tokens * max(tokens, context_tokens) * 4, SLICE_BYTES)
     return int(activations + attn)
 
 

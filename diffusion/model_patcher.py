@@ -230,7 +230,7 @@ class ModelPatcher:
         t = ms.timestep(sigma.cpu()).float()
 
         if not self.is_patched() or next(self.model.parameters()).device != self.load_device:
-            memory.load_models([self])
+            memory.load_models([self], self.memory_required(xc.shape))
         device, dtype = self.load_device, self.dtype
         options = _merge_transformer_options(self.model_options.get("transformer_options", {}),
                                              transformer_options or {})

@@ -95,14 +95,16 @@ def test_pressure_drops_least_recently_used(monkeypatch):
     assert memory.loaded_models() == [a]  # b and c went, oldest first; a was kept
 
 
-def test_estimate_scales_with_batch_area_and_backend():
+def test_estimate_scales_with_batch_and_area():
     sd1 = UNetConfig()  # SD1.5 sizes
-    small = memory.estimate_unet_memory(sd1, (1, 4, 64, 64), attention_backend="sdpa")
-    double_batch = memory.estimate_unet_memory(sd1, (2, 4, 64, 64), attention_backend="sdpa")
-    assert double_batch == pytest.approx(2 * small, rel=0.01)
-    big = memory.estimate_unet_memory(sd1, (1, 4, 128, 128), attention_backend="sdpa")
-    assert big > 4 * small  # attention scores grow with the square of the token count
-    # the largest single tensor (8 heads x 4096^2 fp32 scores) is a lower bound
-    assert small >= 8 * 4096 * 4096 * 4
-    sliced = memory.estimate_unet_memory(sd1, (1, 4, 128, 128), attention_backend="sliced")
-    assert sliced < big
+    one = memory.estimate_unet_memory(sd1, (1, 4, 64, 64))
+    two = memory.estimate_unet_memory(sd1, (2, 4, 64, 64))
+    big = memory.estimate_unet_memory(sd1, (1, 4, 128, 128))
+    # Lower bound: the first level's skip connections alone, 3 tensors of 320 x 64 x 64 fp32.
+    assert one >= 3 * 320 * 64 * 64 * 4
+    # Activations are linear in batch and area; the attention block term is bounded.
+    from diffusion.attention import SLICE_BYTES
+    assert 2 * one - SLICE_BYTES <= two <= 2 * one
+    assert 4 * one - 3 * SLICE_BYTES <= big <= 4 * one
+    half = memory.estimate_unet_memory(sd1, (1, 4, 64, 64), dtype=torch.float16)
+    assert half < one
