@@ -5,7 +5,7 @@ import torch
 
 from diffusion.checkpoint import load_unet
 from diffusion.model_sampling import ModelSampling
-from unet_models import TINY, TINY_POOLED_DIM, diffusers_unet, inputs, sdxl_y, write_unet_checkpoint
+from unet_models import TINY, diffusers_unet, inputs, sdxl_y, write_unet_checkpoint
 
 REL_TOL = 1e-4
 EXPECTED_ARCH = {"sd1": "sd1", "sd2": "sd2", "sdxl": "sdxl"}
