@@ -58,6 +58,15 @@ def run_workflow(workflow, overrides=None):
     return _runner.run(workflow, overrides=overrides)
 
 
+def after_prompt() -> None:
+    """Between prompts: models stay loaded unless --disable-smart-memory asked otherwise."""
+    import sys
+
+    memory = sys.modules.get("diffusion.memory")
+    if memory is not None:
+        memory.cleanup_after_prompt()
+
+
 def unload_models() -> None:
     """Drop every loaded model from memory (POST /free). Imported lazily: the server calls this
     without loading the model runtime when nothing was ever loaded."""
@@ -68,5 +77,5 @@ def unload_models() -> None:
         memory.unload_all_models()
 
 
-__all__ = ["BUILTIN_MODULES", "NodeRegistry", "folder_paths", "load_registry", "run_workflow",
-           "unload_models"]
+__all__ = ["BUILTIN_MODULES", "NodeRegistry", "after_prompt", "folder_paths", "load_registry",
+           "run_workflow", "unload_models"]

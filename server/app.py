@@ -57,7 +57,8 @@ def make_executor(registry, opts: ServerOptions):
 
 
 def build_app(opts: ServerOptions, *, registry, folder_paths, store: PromptStore | None = None,
-              executor=None, web_root: str | None = None, unload_models=None) -> web.Application:
+              executor=None, web_root: str | None = None, unload_models=None,
+              after_prompt=None) -> web.Application:
     """Everything but the listening socket. Tests pass their own registry/store/executor."""
     if store is None:
         store = PromptStore(":memory:", max_history=opts.max_history)
@@ -71,7 +72,7 @@ def build_app(opts: ServerOptions, *, registry, folder_paths, store: PromptStore
               opts.max_upload_bytes)
     worker = PromptWorker(store, hub, executor, preview_size=opts.preview_size,
                           preview_method=opts.preview_method, on_finished=completions.finished,
-                          unload_models=unload_models)
+                          unload_models=unload_models, after_prompt=after_prompt)
     hub.running_node_for = worker.running_node_for
     state.hub, state.worker = hub, worker
     store.on_change = hub.broadcast_status
@@ -159,9 +160,10 @@ def serve_main(argv: list[str], registry=None, folder_paths=None) -> int:
     shutil.rmtree(temp, ignore_errors=True)  # previews are throwaway, as in ComfyUI
     db_path = opts.database or os.path.join(folder_paths.get_user_directory(), "queue.sqlite3")
     store = PromptStore(db_path, max_history=opts.max_history)
-    import nodes  # model unloading for POST /free is the nodes package's business, if it offers it
+    import nodes  # model housekeeping (POST /free, between prompts) is the nodes package's business
     app = build_app(opts, registry=registry, folder_paths=folder_paths, store=store, web_root=web_root,
-                    unload_models=getattr(nodes, "unload_models", None))
+                    unload_models=getattr(nodes, "unload_models", None),
+                    after_prompt=getattr(nodes, "after_prompt", None))
     log.info("latentgraph serving on %s port %d (queue: %s)", ",".join(opts.hosts), opts.port, db_path)
     try:
         web.run_app(app, host=opts.hosts, port=opts.port, print=None, handle_signals=True)

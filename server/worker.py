@@ -56,7 +56,8 @@ class EventRouter:
 
 class PromptWorker:
     def __init__(self, store: PromptStore, hub: Hub, executor, *, preview_size: int = 512,
-                 preview_method: str = "none", on_finished=None, unload_models=None):
+                 preview_method: str = "none", on_finished=None, unload_models=None,
+                 after_prompt=None):
         self.store = store
         self.hub = hub
         self.executor = executor
@@ -64,6 +65,7 @@ class PromptWorker:
         self.preview_method = preview_method
         self.on_finished = on_finished          # called (in this thread) with the finished item
         self.unload_models = unload_models
+        self.after_prompt = after_prompt         # model housekeeping between prompts, if offered
         self.worker_id = f"local-{uuid.uuid4().hex[:8]}"
         self.current = None                      # (item, EventRouter) while a prompt runs
         self._stop = threading.Event()
@@ -155,5 +157,10 @@ class PromptWorker:
             self.current = None
         if client_id is not None:
             self.hub.send_threadsafe("executing", {"node": None, "prompt_id": item.prompt_id}, client_id)
+        if self.after_prompt is not None:
+            try:
+                self.after_prompt()
+            except Exception:
+                log.exception("after-prompt housekeeping failed")
         if self.on_finished is not None:
             self.on_finished(finished)
