@@ -31,7 +31,7 @@ $(TINY_CKPT): | $(STAMP)
 run: setup $(TINY_CKPT)
 	$(BIN)/python main.py run workflows/default.json
 
-serve: setup
+serve: setup $(TINY_CKPT)
 	$(BIN)/python main.py
 
 # Browser tests drive Debian's chromium; install it where it is missing (CI runs as root).
