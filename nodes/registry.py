@@ -38,7 +38,9 @@ class NodeRegistry:
             if not hasattr(cls, attr):
                 raise TypeError(f"node class {class_type} ({cls.__qualname__}) lacks {attr}")
         self._classes[class_type] = cls
-        self._module[class_type] = python_module
+        # A class may say where it lives in ComfyUI's tree (e.g. "comfy_extras.nodes_clip_sdxl"),
+        # which /object_info reports and some clients group by.
+        self._module[class_type] = getattr(cls, "RELATIVE_PYTHON_MODULE", None) or python_module
         if display_name is not None:
             self._display[class_type] = display_name
         elif getattr(cls, "DISPLAY_NAME", None):

@@ -133,7 +133,8 @@ class PromptWorker:
         router = EventRouter(self.hub, item.prompt_id, client_id, self.preview_size)
         self.current = (item, router)
         extra = {**item.extra_data, **self.store.sensitive(item.prompt_id)}
-        extra.setdefault("preview_method", self.preview_method)
+        if extra.get("preview_method") in (None, "default"):  # "default" = the --preview-method flag
+            extra["preview_method"] = self.preview_method
         try:
             result = self.executor.execute(item.prompt, item.prompt_id, extra,
                                            item.outputs_to_execute, listeners=[router])

@@ -140,3 +140,11 @@ def test_deprecated_flag_and_display_names(registry, sd_home):  # noqa: F811
     assert names == {"CheckpointLoaderSimple": "Load Checkpoint", "CLIPTextEncode": "CLIP Text Encode (Prompt)",
                      "KSamplerAdvanced": "KSampler (Advanced)", "VAEDecode": "VAE Decode",
                      "EmptyLatentImage": "Empty Latent Image"}
+
+
+@pytest.mark.parametrize("class_type,module", [
+    ("KSampler", "nodes"), ("CheckpointLoaderSimple", "nodes"),
+    ("CLIPTextEncodeSDXL", "comfy_extras.nodes_clip_sdxl"),
+    ("CLIPTextEncodeSDXLRefiner", "comfy_extras.nodes_clip_sdxl")])
+def test_python_module_as_comfyui_reports_it(class_type, module, registry, sd_home):  # noqa: F811
+    assert registry.object_info_for(class_type)["python_module"] == module

@@ -30,3 +30,31 @@ async def test_after_prompt_and_free_hooks_are_called(env, aiohttp_client):  # n
             break
         await asyncio.sleep(0.02)
     assert calls == ["after", "after", "unload"]
+
+
+class RecordingExecutor:
+    """Stands in for the engine: records the extra_data each prompt runs with."""
+
+    def __init__(self):
+        self.seen = []
+
+    def execute(self, prompt, prompt_id, extra_data, outputs, listeners=()):
+        import types
+        self.seen.append(dict(extra_data))
+        return types.SimpleNamespace(status_str="success", completed=True, outputs={},
+                                     messages=[], meta={})
+
+    def interrupt(self):
+        pass
+
+
+async def test_preview_method_default_means_the_server_flag(env, aiohttp_client):  # noqa: F811
+    registry = make_registry()
+    executor = RecordingExecutor()
+    app = build_app(parse_args(["--preview-method", "latent2rgb"]), registry=registry,
+                    folder_paths=env, store=PromptStore(), executor=executor)
+    client = await aiohttp_client(app)
+    for extra in ({}, {"preview_method": "default"}, {"preview_method": "taesd"}):
+        r = await client.post("/prompt", json={"prompt": chain(1), "extra_data": extra})
+        await wait_history(client, (await r.json())["prompt_id"])
+    assert [e["preview_method"] for e in executor.seen] == ["latent2rgb", "latent2rgb", "taesd"]
