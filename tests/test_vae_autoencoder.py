@@ -95,7 +95,9 @@ def test_batch_split_by_memory_estimate_gives_same_result(ours, monkeypatch):
     per = ours.memory_per_sample(16, 16)
     monkeypatch.setattr(vae_mod, "available_memory", lambda device: int(per * 1.3))  # room for one at a time
     assert ours._batch_size(3, 16, 16) == 1
-    assert torch.allclose(ours.decode(z), whole, atol=1e-6)
+    # Same maths per sample; convolution kernels may pick another blocking for batch 1 vs 3, so
+    # only float32 rounding may differ.
+    assert torch.allclose(ours.decode(z), whole, atol=1e-5, rtol=0)
 
 
 def test_memory_estimate_grows_with_pixels(ours):
