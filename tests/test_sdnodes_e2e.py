@@ -236,11 +236,6 @@ def test_interrupt_stops_the_sampler_between_steps(registry, sd_home):  # noqa: 
 
 
 def test_latent2rgb_preview_attached_to_progress(registry, sd_home):  # noqa: F811
-    from graph import progress as progress_mod
-
-    if "extra_data" not in getattr(progress_mod.NodeRun, "__dataclass_fields__", {}):
-        pytest.skip("engine does not expose the prompt's extra_data to nodes yet (contracts: NodeRun.extra_data)")
-    pytest.importorskip("diffusion.previews")
     events = []
     _runner(registry).run(txt2img_prompt(steps=2), extra_data={"preview_method": "latent2rgb"},
                           listeners=[lambda e, d: events.append((e, d))])
