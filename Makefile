@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 WHEELS ?= /opt/wheels
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-slow bench serve clean
+.PHONY: setup run test serve clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,9 +42,6 @@ $(CHROMIUM):
 
 test: setup | $(CHROMIUM)
 	$(BIN)/python -m pytest -q -m "not slow" -n 2 $(PYTEST_ARGS)
-
-test-slow: setup
-	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info
