@@ -129,7 +129,10 @@ class CFGDenoiser:
         encode = getattr(self.model, "encode_adm", None)
         if encode is None:
             return None
-        return encode(entry.options, x.shape[0])
+        # As ComfyUI (samplers.py encode_model_conds): a conditioning that states no size gets the
+        # latent's pixel size, so plain CLIPTextEncode on SDXL conditions on the image being made.
+        options = {"width": x.shape[-1] * 8, "height": x.shape[-2] * 8, **entry.options}
+        return encode(options, x.shape[0])
 
     def predict(self, groups_of_entries: list[list[CondEntry]], x: torch.Tensor, sigma: torch.Tensor,
                 options: dict) -> list[torch.Tensor | None]:

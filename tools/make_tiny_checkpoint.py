@@ -6,7 +6,9 @@ The default writes models/checkpoints/latentgraph-tiny-sd1.safetensors: the SD1 
 KL autoencoder, CLIP-L text model) scaled down to a few MB, stored in the original single-file key
 layout (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.transformer.*`), so it
 loads through the same loader as a released checkpoint. `--arch sdxl` writes the SDXL layout
-(`conditioner.embedders.0.transformer.*` CLIP-L and `conditioner.embedders.1.model.*` bigG).
+(`conditioner.embedders.0.transformer.*` CLIP-L and `conditioner.embedders.1.model.*` bigG);
+`--arch sdxl_refiner` the SDXL refiner layout (bigG alone under `conditioner.embedders.0.model.*`,
+a four-level UNet whose ADM input is pooled text + five size/aesthetic embeddings).
 
 The weights are random (seeded, so the file is the same on every machine): the pictures it makes are
 noise. It exists to run workflows end to end without downloading anything. Sizes are small `Tiny*`
@@ -65,6 +67,19 @@ class TinySDXL:
     vae_ch_mult: tuple[int, ...] = (1, 1, 2, 2)
 
 
+@dataclass(frozen=True)
+class TinySDXLRefiner:
+    """Sizes of the tiny SDXL refiner: bigG only, four levels with attention in the middle two only."""
+
+    model_channels: int = 32
+    channel_mult: tuple[int, ...] = (1, 1, 2, 2)  # four levels: detection tells it from the base by this
+    clip_g_width: int = 64  # also the UNet's context width (1280 in the release)
+    clip_g_projection: int = 64
+    clip_layers: int = 3  # the refiner reads the penultimate layer
+    vae_ch: int = 32
+    vae_ch_mult: tuple[int, ...] = (1, 1, 2, 2)
+
+
 def _unet_config_sd1(t: TinySD1) -> UNetConfig:
     levels = len(t.channel_mult)
     return UNetConfig(
@@ -84,6 +99,18 @@ def _unet_config_sdxl(t: TinySDXL) -> UNetConfig:
         transformer_depth=depth_in, transformer_depth_output=depth_out, transformer_depth_middle=1,
         context_dim=t.clip_l_width + t.clip_g_width, num_heads=-1, num_head_channels=64,
         use_linear_in_transformer=True, adm_in_channels=t.clip_g_projection + 6 * SIZE_EMBED_WIDTH)
+
+
+def _unet_config_sdxl_refiner(t: TinySDXLRefiner) -> UNetConfig:
+    levels = len(t.channel_mult)
+    # The released refiner: no transformer at the first and the last level.
+    depth_in = tuple(0 if level in (0, levels - 1) else 1 for level in range(levels))
+    depth_out = tuple(d for d in reversed(depth_in) for _ in range(2))
+    return UNetConfig(
+        model_channels=t.model_channels, channel_mult=t.channel_mult, num_res_blocks=(1,) * levels,
+        transformer_depth=depth_in, transformer_depth_output=depth_out, transformer_depth_middle=1,
+        context_dim=t.clip_g_width, num_heads=-1, num_head_channels=64, use_linear_in_transformer=True,
+        adm_in_channels=t.clip_g_projection + 5 * SIZE_EMBED_WIDTH)
 
 
 def _clip_config(layout: str, width: int, layers: int, projection: int | None, activation: str,
@@ -145,6 +172,14 @@ def build_sdxl_state_dict(sizes: TinySDXL = TinySDXL(), seed: int = 0) -> tuple[
     return build_state_dict(_unet_config_sdxl(sizes), vae, towers, "sdxl", seed)
 
 
+def build_sdxl_refiner_state_dict(sizes: TinySDXLRefiner = TinySDXLRefiner(), seed: int = 0) -> tuple[dict, dict]:
+    """(tensors, metadata) of a tiny SDXL-refiner-architecture checkpoint in the original layout."""
+    vae = VAEConfig(ch=sizes.vae_ch, ch_mult=sizes.vae_ch_mult, num_res_blocks=1)
+    towers = [("conditioner.embedders.0.model.",
+               _clip_config("open_clip", sizes.clip_g_width, sizes.clip_layers, sizes.clip_g_projection, "gelu"))]
+    return build_state_dict(_unet_config_sdxl_refiner(sizes), vae, towers, "sdxl_refiner", seed)
+
+
 def build_full_sd15_state_dict(seed: int = 0) -> tuple[dict, dict]:
     """A random checkpoint with the released SD1.5 sizes (about 4.3 GB, all fp32 like the pruned
     release files); for benchmarks/txt2img.py. Needs ~5 GB of RAM to build."""
@@ -180,18 +215,25 @@ def make_tiny_sdxl(path, seed: int = 0, sizes: TinySDXL = TinySDXL()) -> Path:
     return save(*build_sdxl_state_dict(sizes, seed), path)
 
 
+def make_tiny_sdxl_refiner(path, seed: int = 0, sizes: TinySDXLRefiner = TinySDXLRefiner()) -> Path:
+    return save(*build_sdxl_refiner_state_dict(sizes, seed), path)
+
+
+MAKERS = {"sd1": make_tiny_sd1, "sdxl": make_tiny_sdxl, "sdxl_refiner": make_tiny_sdxl_refiner}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help=f"output file (default {DEFAULT_PATH})")
-    parser.add_argument("--arch", choices=("sd1", "sdxl"), default="sd1")
+    parser.add_argument("--arch", choices=tuple(MAKERS), default="sd1")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="overwrite an existing file")
     args = parser.parse_args(argv)
-    out = args.out or (DEFAULT_PATH if args.arch == "sd1" else DEFAULT_PATH.with_name("latentgraph-tiny-sdxl.safetensors"))
+    out = args.out or DEFAULT_PATH.with_name(DEFAULT_NAME.replace("sd1", args.arch.replace("_", "-")))
     if out.exists() and not args.force:
         print(f"{out} exists; pass --force to rebuild it")
         return 0
-    path = (make_tiny_sd1 if args.arch == "sd1" else make_tiny_sdxl)(out, seed=args.seed)
+    path = MAKERS[args.arch](out, seed=args.seed)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     return 0
 
