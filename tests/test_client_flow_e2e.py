@@ -105,27 +105,53 @@ def _expected_types(order: list[str], prompt: dict) -> list[str]:
     return seq + ["execution_success", "status", "executing"]
 
 
-async def test_websocket_script_flow_on_default_workflow(base, tiny_sd1, aiohttp_client):
-    from nodes import folder_paths, load_registry
+async def _app_client(aiohttp_client, base, registry):
+    from nodes import folder_paths
 
-    registry = load_registry()
-    prompt = _api_prompt(registry)
-    ckpt = next(n["inputs"]["ckpt_name"] for n in prompt.values() if n["class_type"] == "CheckpointLoaderSimple")
-    (base / "models" / "checkpoints" / ckpt).symlink_to(tiny_sd1)
     app = build_app(parse_args(["--base-directory", str(base)]), registry=registry, folder_paths=folder_paths,
                     store=PromptStore())
-    client = await aiohttp_client(app)
+    return await aiohttp_client(app)
+
+
+async def _script_run(client, prompt: dict, extra_data=None):
+    """The example script's steps: (messages, prompt_id, history entry, viewed image bytes, saved path)."""
+    from nodes import folder_paths
 
     client_id = uuid.uuid4().hex
     ws = await client.ws_connect(f"/ws?clientId={client_id}")
     hello = json.loads((await ws.receive(timeout=WAIT_S)).data)
     assert hello["type"] == "status" and hello["data"]["sid"] == client_id
 
-    r = await client.post("/prompt", json={"prompt": prompt, "client_id": client_id})
+    body = {"prompt": prompt, "client_id": client_id}
+    if extra_data is not None:
+        body["extra_data"] = extra_data
+    r = await client.post("/prompt", json=body)
     assert r.status == 200, await r.text()
     prompt_id = (await r.json())["prompt_id"]
     messages = await _receive_until_done(ws, prompt_id)
     await ws.close()
+
+    r = await client.get(f"/history/{prompt_id}")
+    history = (await r.json())[prompt_id]
+    assert history["status"]["status_str"] == "success" and history["status"]["completed"], history["status"]
+    (images,) = [out["images"] for out in history["outputs"].values() if "images" in out]
+    (image,) = images
+    r = await client.get("/view", params={"filename": image["filename"], "subfolder": image["subfolder"],
+                                          "type": image["type"]})
+    assert r.status == 200
+    saved = Path(folder_paths.get_output_directory(), image["subfolder"], image["filename"])
+    return messages, prompt_id, history, await r.read(), saved
+
+
+async def test_websocket_script_flow_on_default_workflow(base, tiny_sd1, aiohttp_client):
+    from nodes import load_registry
+
+    registry = load_registry()
+    prompt = _api_prompt(registry)
+    ckpt = next(n["inputs"]["ckpt_name"] for n in prompt.values() if n["class_type"] == "CheckpointLoaderSimple")
+    (base / "models" / "checkpoints" / ckpt).symlink_to(tiny_sd1)
+    client = await _app_client(aiohttp_client, base, registry)
+    messages, prompt_id, history, body, saved = await _script_run(client, prompt)
 
     # --- the message order of COMPAT §5.2 for this workflow
     types = [t for t, _ in messages]
@@ -133,7 +159,7 @@ async def test_websocket_script_flow_on_default_workflow(base, tiny_sd1, aiohttp
     assert sorted(order) == sorted(prompt) and _topological(order, prompt), order
     assert types == _expected_types(order, prompt), types
     for t, d in messages:
-        if t not in ("status",):
+        if t != "status":
             assert d["prompt_id"] == prompt_id, (t, d)
     by_type = {}
     for t, d in messages:
@@ -151,19 +177,38 @@ async def test_websocket_script_flow_on_default_workflow(base, tiny_sd1, aiohttp
     assert executed["node"] == save and executed["display_node"] == save
     assert by_type["executing"][-1] == {"node": None, "prompt_id": prompt_id}
 
-    # --- history, then the image through /view, as the script fetches it
-    r = await client.get(f"/history/{prompt_id}")
-    history = (await r.json())[prompt_id]
-    assert history["status"]["status_str"] == "success" and history["status"]["completed"]
+    # --- history and the viewed image: the very bytes SaveImage wrote
     assert history["prompt"][2] == prompt
-    (image,) = history["outputs"][save]["images"]
     assert history["outputs"][save] == executed["output"]
-    r = await client.get("/view", params={"filename": image["filename"], "subfolder": image["subfolder"],
-                                          "type": image["type"]})
-    assert r.status == 200
-    body = await r.read()
-    saved = Path(folder_paths.get_output_directory(), image["subfolder"], image["filename"])
     assert body == saved.read_bytes()
     with Image.open(io.BytesIO(body)) as png:
         assert png.format == "PNG" and png.size == (SIZE, SIZE)
         assert json.loads(png.text["prompt"]) == prompt
+
+
+async def test_websocket_script_flow_on_a_comfyui_template(base, aiohttp_client):
+    """image_sdxl_simple.json from ComfyUI's templates package, converted as the frontend would, sent with
+    the UI workflow in extra_pnginfo; the viewed PNG carries both back."""
+    from graph.workflow_formats import ui_to_api
+    from nodes import load_registry
+    from tests.templates_env import checkpoint_names, load_template, require_templates_package, shrink
+    from tools.make_tiny_checkpoint import make_tiny_sdxl
+
+    require_templates_package()
+    registry = load_registry()
+    ui, overrides = shrink(load_template("image_sdxl_simple.json"), SIZE, STEPS)
+    prompt = ui_to_api(ui, registry.object_info_for)
+    for key, value in overrides.items():  # a script sets inputs on the API prompt
+        node, name = key.split(".")
+        prompt[node]["inputs"][name] = value
+    (ckpt,) = set(checkpoint_names(prompt).values())
+    make_tiny_sdxl(base / "models" / "checkpoints" / ckpt, seed=0)
+    client = await _app_client(aiohttp_client, base, registry)
+    messages, prompt_id, history, body, saved = await _script_run(client, prompt, {"extra_pnginfo": {"workflow": ui}})
+
+    assert [d["value"] for t, d in messages if t == "progress"] == list(range(1, STEPS + 1))
+    assert body == saved.read_bytes()
+    with Image.open(io.BytesIO(body)) as png:
+        assert png.size == (SIZE, SIZE)
+        assert json.loads(png.text["prompt"]) == prompt
+        assert json.loads(png.text["workflow"]) == ui
