@@ -151,6 +151,10 @@ class PromptWorker:
             status_str, completed, outputs, meta = "error", False, {}, {}
             messages = [["execution_error", data]]
         interrupted = any(m and m[0] == "execution_interrupted" for m in messages)
+        if self.unload_models is not None and any(
+                m and m[0] == "execution_error" and "OutOfMemory" in str(m[1].get("exception_type"))
+                for m in messages):
+            self.unload_models()  # as ComfyUI does: give the next prompt a clean device
         try:
             finished = self.store.finish(item.prompt_id, status_str, completed, outputs, messages,
                                          meta, worker_id=self.worker_id, interrupted=interrupted)

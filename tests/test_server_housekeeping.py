@@ -58,3 +58,23 @@ async def test_preview_method_default_means_the_server_flag(env, aiohttp_client)
         r = await client.post("/prompt", json={"prompt": chain(1), "extra_data": extra})
         await wait_history(client, (await r.json())["prompt_id"])
     assert [e["preview_method"] for e in executor.seen] == ["latent2rgb", "latent2rgb", "taesd"]
+
+
+async def test_out_of_memory_unloads_models(env, aiohttp_client):  # noqa: F811
+    import types
+
+    calls = []
+
+    class OOMExecutor(RecordingExecutor):
+        def execute(self, prompt, prompt_id, extra_data, outputs, listeners=()):
+            error = {"prompt_id": prompt_id, "exception_type": "torch.OutOfMemoryError"}
+            return types.SimpleNamespace(status_str="error", completed=False, outputs={},
+                                         messages=[["execution_error", error]], meta={})
+
+    registry = make_registry()
+    app = build_app(parse_args([]), registry=registry, folder_paths=env, store=PromptStore(),
+                    executor=OOMExecutor(), unload_models=lambda: calls.append("unload"))
+    client = await aiohttp_client(app)
+    r = await client.post("/prompt", json={"prompt": chain(1)})
+    await wait_history(client, (await r.json())["prompt_id"])
+    assert calls == ["unload"]
