@@ -14,6 +14,7 @@ Hooks:
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,61 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     return emb
 
 
+# Low-resolution convolutions (SD1.5's 1280-channel layers at 4x4 or 8x8) are dominated on CPU by
+# oneDNN re-laying out the weight on every call; there a weight reordered once is reused. The
+# result differs from the plain kernel only in float rounding (another summation order, ~1e-6
+# relative). `set_conv_prepack(False)` restores plain F.conv2d everywhere.
+_prepack = {"enabled": True}
+PREPACK_MIN_WEIGHT_PER_POSITION = 128  # pack when in_channels*k*k >= this * output positions
+_HAS_PACKED_CONV = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+def set_conv_prepack(enabled: bool) -> None:
+    _prepack["enabled"] = bool(enabled)
+
+
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d (same parameters and state dict) that on CPU float32, without autograd, runs
+    convolutions with few output positions per weight element through a weight packed once for
+    oneDNN. The pack is rebuilt whenever the weight is replaced, moved or modified in place."""
+
+    _packed = None  # (key, packed weight); not a buffer, so state dicts are unchanged
+
+    def _use_packed(self, x) -> bool:
+        w = self.weight
+        if not (_prepack["enabled"] and _HAS_PACKED_CONV and x.device.type == "cpu" and x.ndim == 4
+                and x.dtype == torch.float32 and w.dtype == torch.float32 and self.padding_mode == "zeros"
+                and isinstance(self.padding, tuple)):
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+            return False
+        kh, kw = self.kernel_size
+        out_h = (x.shape[2] + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
+        out_w = (x.shape[3] + 2 * self.padding[1] - self.dilation[1] * (kw - 1) - 1) // self.stride[1] + 1
+        positions = x.shape[0] * max(out_h, 1) * max(out_w, 1)
+        return self.in_channels // self.groups * kh * kw >= PREPACK_MIN_WEIGHT_PER_POSITION * positions
+
+    def _packed_weight(self, x):
+        w = self.weight
+        # A weak reference, so a replaced weight is neither kept alive nor mistaken for its successor.
+        key = (w.data_ptr(), w._version)
+        cached = self._packed
+        if cached is None or cached[0]() is not w or cached[1] != key:
+            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                w.detach().contiguous().to_mkldnn(), list(self.padding), list(self.stride),
+                list(self.dilation), self.groups, list(x.shape))
+            self._packed = cached = (weakref.ref(w), key, packed)
+        return cached[2]
+
+    def forward(self, x):
+        if not self._use_packed(x):
+            return super().forward(x)
+        out = torch.ops.mkldnn._convolution_pointwise(
+            x.contiguous(), self._packed_weight(x), self.bias, list(self.padding), list(self.stride),
+            list(self.dilation), self.groups, "none", [], "")
+        return out.contiguous()  # oneDNN answers channels-last; keep the layout the next layers expect
+
+
 def _norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
     return nn.GroupNorm(32, channels, eps=eps)
 
@@ -42,12 +98,12 @@ def _norm(channels: int, eps: float = 1e-5) -> nn.GroupNorm:
 class ResBlock(nn.Module):
     def __init__(self, channels: int, emb_channels: int, out_channels: int):
         super().__init__()
-        self.in_layers = nn.Sequential(_norm(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(_norm(channels), nn.SiLU(), Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(_norm(out_channels), nn.SiLU(), nn.Dropout(0.0),
-                                        nn.Conv2d(out_channels, out_channels, 3, padding=1))
+                                        Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip_connection = (nn.Identity() if channels == out_channels
-                                else nn.Conv2d(channels, out_channels, 1))
+                                else Conv2d(channels, out_channels, 1))
 
     def forward(self, x, emb):
         h = self.in_layers(x)
@@ -58,7 +114,7 @@ class ResBlock(nn.Module):
 class Downsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.op = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.op = Conv2d(channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x):
         return self.op(x)
@@ -67,7 +123,7 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x, size=None):
         # `size` is the next skip connection's spatial size, so odd latent sizes round-trip.
@@ -141,8 +197,8 @@ class SpatialTransformer(nn.Module):
             self.proj_in = nn.Linear(channels, inner)
             self.proj_out = nn.Linear(inner, channels)
         else:
-            self.proj_in = nn.Conv2d(channels, inner, 1)
-            self.proj_out = nn.Conv2d(inner, channels, 1)
+            self.proj_in = Conv2d(channels, inner, 1)
+            self.proj_out = Conv2d(inner, channels, 1)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner, heads, dim_head, context_dim) for _ in range(depth))
 
@@ -196,7 +252,7 @@ class UNetModel(nn.Module):
             heads, dim_head = cfg.heads_for(ch)
             return SpatialTransformer(ch, heads, dim_head, depth, cfg.context_dim, cfg.use_linear_in_transformer)
 
-        self.input_blocks = nn.ModuleList([TimestepBlock(nn.Conv2d(cfg.in_channels, mc, 3, padding=1))])
+        self.input_blocks = nn.ModuleList([TimestepBlock(Conv2d(cfg.in_channels, mc, 3, padding=1))])
         skip_channels = [mc]
         ch = mc
         depth_in = iter(cfg.transformer_depth)
@@ -231,7 +287,7 @@ class UNetModel(nn.Module):
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepBlock(*layers))
 
-        self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(mc, cfg.out_channels, 3, padding=1))
+        self.out = nn.Sequential(_norm(ch), nn.SiLU(), Conv2d(mc, cfg.out_channels, 3, padding=1))
 
     @property
     def dtype(self) -> torch.dtype:
