@@ -43,10 +43,29 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
 _prepack = {"enabled": True}
 PREPACK_MIN_WEIGHT_PER_POSITION = 128  # pack when in_channels*k*k >= this * output positions
 _HAS_PACKED_CONV = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+_HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def set_conv_prepack(enabled: bool) -> None:
+    """Turn the CPU oneDNN paths of `Conv2d` (packed weights) and `Linear` (fused bias) on or off."""
     _prepack["enabled"] = bool(enabled)
+
+
+def _cpu_inference_float32(x, w) -> bool:
+    return (_prepack["enabled"] and x.device.type == "cpu" and x.dtype == torch.float32
+            and w.dtype == torch.float32 and not (torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)))
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters and state dict) that on CPU float32 without autograd calls oneDNN's
+    matmul with the bias fused: F.linear's addmm first copies the broadcast bias into the output
+    and then accumulates onto it, an extra pass over the largest activations of the UNet. Same
+    weights, no packing (no extra memory); results equal F.linear up to float rounding."""
+
+    def forward(self, x):
+        if _HAS_ONEDNN_LINEAR and x.ndim >= 2 and _cpu_inference_float32(x, self.weight):
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return super().forward(x)
 
 
 class Conv2d(nn.Conv2d):
@@ -57,12 +76,8 @@ class Conv2d(nn.Conv2d):
     _packed = None  # (key, packed weight); not a buffer, so state dicts are unchanged
 
     def _use_packed(self, x) -> bool:
-        w = self.weight
-        if not (_prepack["enabled"] and _HAS_PACKED_CONV and x.device.type == "cpu" and x.ndim == 4
-                and x.dtype == torch.float32 and w.dtype == torch.float32 and self.padding_mode == "zeros"
-                and isinstance(self.padding, tuple)):
-            return False
-        if torch.is_grad_enabled() and (x.requires_grad or w.requires_grad):
+        if not (_HAS_PACKED_CONV and x.ndim == 4 and self.padding_mode == "zeros"
+                and isinstance(self.padding, tuple) and _cpu_inference_float32(x, self.weight)):
             return False
         kh, kw = self.kernel_size
         out_h = (x.shape[2] + 2 * self.padding[0] - self.dilation[0] * (kh - 1) - 1) // self.stride[0] + 1
@@ -99,7 +114,7 @@ class ResBlock(nn.Module):
     def __init__(self, channels: int, emb_channels: int, out_channels: int):
         super().__init__()
         self.in_layers = nn.Sequential(_norm(channels), nn.SiLU(), Conv2d(channels, out_channels, 3, padding=1))
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
+        self.emb_layers = nn.Sequential(nn.SiLU(), Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(_norm(out_channels), nn.SiLU(), nn.Dropout(0.0),
                                         Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip_connection = (nn.Identity() if channels == out_channels
@@ -137,10 +152,10 @@ class CrossAttention(nn.Module):
         inner = heads * dim_head
         context_dim = context_dim or query_dim
         self.heads = heads
-        self.to_q = nn.Linear(query_dim, inner, bias=False)
-        self.to_k = nn.Linear(context_dim, inner, bias=False)
-        self.to_v = nn.Linear(context_dim, inner, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(0.0))
+        self.to_q = Linear(query_dim, inner, bias=False)
+        self.to_k = Linear(context_dim, inner, bias=False)
+        self.to_v = Linear(context_dim, inner, bias=False)
+        self.to_out = nn.Sequential(Linear(inner, query_dim), nn.Dropout(0.0))
 
     def forward(self, x, context=None, patches=(), extra=None):
         context = x if context is None else context
@@ -153,7 +168,7 @@ class CrossAttention(nn.Module):
 class GEGLU(nn.Module):
     def __init__(self, dim_in: int, dim_out: int):
         super().__init__()
-        self.proj = nn.Linear(dim_in, dim_out * 2)
+        self.proj = Linear(dim_in, dim_out * 2)
 
     def forward(self, x):
         x, gate = self.proj(x).chunk(2, dim=-1)
@@ -164,7 +179,7 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, mult: int = 4):
         super().__init__()
         inner = dim * mult
-        self.net = nn.Sequential(GEGLU(dim, inner), nn.Dropout(0.0), nn.Linear(inner, dim))
+        self.net = nn.Sequential(GEGLU(dim, inner), nn.Dropout(0.0), Linear(inner, dim))
 
     def forward(self, x):
         return self.net(x)
@@ -194,8 +209,8 @@ class SpatialTransformer(nn.Module):
         self.use_linear = use_linear
         self.norm = _norm(channels, eps=1e-6)
         if use_linear:
-            self.proj_in = nn.Linear(channels, inner)
-            self.proj_out = nn.Linear(inner, channels)
+            self.proj_in = Linear(channels, inner)
+            self.proj_out = Linear(inner, channels)
         else:
             self.proj_in = Conv2d(channels, inner, 1)
             self.proj_out = Conv2d(inner, channels, 1)
@@ -243,10 +258,10 @@ class UNetModel(nn.Module):
         super().__init__()
         self.config = cfg = config
         mc, ted = cfg.model_channels, cfg.time_embed_dim
-        self.time_embed = nn.Sequential(nn.Linear(mc, ted), nn.SiLU(), nn.Linear(ted, ted))
+        self.time_embed = nn.Sequential(Linear(mc, ted), nn.SiLU(), Linear(ted, ted))
         if cfg.adm_in_channels is not None:
             self.label_emb = nn.Sequential(nn.Sequential(
-                nn.Linear(cfg.adm_in_channels, ted), nn.SiLU(), nn.Linear(ted, ted)))
+                Linear(cfg.adm_in_channels, ted), nn.SiLU(), Linear(ted, ted)))
 
         def transformer(ch, depth):
             heads, dim_head = cfg.heads_for(ch)

@@ -1,6 +1,7 @@
-"""The UNet's prepacked CPU convolution (diffusion.unet.Conv2d): same results as F.conv2d within
-float rounding (tolerance 1e-5 relative to the output's largest magnitude), a pack that follows
-weight replacement and in-place edits, and the plain kernel wherever packing does not apply."""
+"""The UNet's CPU oneDNN layers. Conv2d (weight packed once): same results as F.conv2d within float
+rounding (tolerance 1e-5 relative to the output's largest magnitude), a pack that follows weight
+replacement and in-place edits, and the plain kernel wherever packing does not apply. Linear (fused
+bias): same results as F.linear within the same tolerance, and autograd's path when training."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -86,6 +87,26 @@ def test_plain_kernel_when_disabled_large_or_autograd():
     conv.requires_grad_(False)
     assert conv._use_packed(small)
     assert "_packed" not in conv.state_dict() and set(conv.state_dict()) == {"weight", "bias"}
+
+
+@pytest.mark.skipif(not U._HAS_ONEDNN_LINEAR, reason="torch built without oneDNN linear")
+@pytest.mark.parametrize("shape,bias", [((2, 7, 48), True), ((5, 48), False), ((3, 2, 4, 48), True)])
+def test_linear_matches_f_linear(shape, bias):
+    torch.manual_seed(0)
+    lin = U.Linear(48, 40, bias=bias).requires_grad_(False)
+    x = torch.randn(*shape)
+    if len(shape) == 3:
+        x = x.transpose(0, 1).contiguous().transpose(0, 1)  # strided input too
+    out = lin(x)
+    assert out.shape == shape[:-1] + (40,)
+    assert _rel(out, F.linear(x, lin.weight, lin.bias)) < REL_TOL
+
+
+def test_linear_keeps_autograd():
+    lin = U.Linear(8, 4)
+    x = torch.randn(3, 8, requires_grad=True)
+    lin(x).sum().backward()
+    assert x.grad is not None and lin.weight.grad is not None
 
 
 def test_unet_with_every_convolution_packed_matches_plain(monkeypatch):
