@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from . import memory
 from .guidance import CFGDenoiser, InpaintDenoiser, prepare_mask
 from .noise import prepare_noise
 from .samplers import DISCARD_PENULTIMATE_SIGMA, SAMPLER_NAMES, get_sampler
@@ -110,8 +111,14 @@ def run_sampler(model, noise, positive, negative, cfg, sampler_name, sigmas, lat
             callback(info["i"], total, info["denoised"])
 
     extra_args = {"seed": seed}
-    samples = sampler(wrapped, x, sigmas, extra_args=extra_args, callback=on_step, disable=disable_pbar,
-                      **(sampler_options or {}))
+    if device.type == "cpu":
+        memory.tune_cpu_allocator()
+    try:
+        samples = sampler(wrapped, x, sigmas, extra_args=extra_args, callback=on_step, disable=disable_pbar,
+                          **(sampler_options or {}))
+    finally:
+        if device.type == "cpu":
+            memory.release_cpu_memory()
     samples = ms.inverse_noise_scaling(sigmas[-1], samples)
     samples = model.latent_format.process_out(samples)
     return samples.to("cpu", torch.float32)
