@@ -317,6 +317,32 @@ def tune_cpu_allocator(settings=None) -> bool:
     return True
 
 
+_MADV_PAGEOUT = 21  # Linux 5.4+
+
+
+def page_out(tensor: torch.Tensor) -> bool:
+    """Ask the kernel to reclaim the whole memory pages under a CPU tensor's data now (MADV_PAGEOUT).
+
+    Never changes data: clean file-backed pages (weights memory-mapped from a checkpoint) are
+    dropped and read again from the file on the next access; anonymous or modified pages stay
+    resident without swap. For weights the runtime has copied into another form (packed
+    convolution weights). Returns whether the hint was given.
+    """
+    libc = _glibc()
+    if libc is None or tensor.device.type != "cpu" or not tensor.is_contiguous() or not hasattr(libc, "madvise"):
+        return False
+    import ctypes
+    import mmap
+
+    start = tensor.data_ptr()
+    page = mmap.PAGESIZE
+    lo = -(-start // page) * page
+    hi = (start + tensor.numel() * tensor.element_size()) // page * page
+    if hi <= lo:
+        return False
+    return libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_PAGEOUT) == 0
+
+
 def release_cpu_memory() -> None:
     """Return the heap's free pages to the OS (after sampling, between prompts); no-op unless tuned."""
     if _MALLOC["tuned"]:

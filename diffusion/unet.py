@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import memory
 from .attention import attention
 from .config import UNetConfig
 
@@ -95,6 +96,9 @@ class Conv2d(nn.Conv2d):
                 w.detach().contiguous().to_mkldnn(), list(self.padding), list(self.stride),
                 list(self.dilation), self.groups, list(x.shape))
             self._packed = cached = (weakref.ref(w), key, packed)
+            # The plain weight is now only read again for larger inputs or state dicts; when it is
+            # a clean page of the memory-mapped checkpoint, let it leave RSS (re-read on demand).
+            memory.page_out(w)
         return cached[2]
 
     def forward(self, x):

@@ -53,3 +53,38 @@ def test_cpu_sampling_tunes_then_releases(monkeypatch):
     latent = torch.zeros(1, 4, 8, 8)
     sample(Recording(), prepare_noise(latent, 1), cond(0.4), cond(-0.2), 3.0, "euler", "normal", 2, latent)
     assert events[0] == "tune" and events[-1] == "release" and events.count("step") >= 2
+
+
+def _rss_file_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssFile:"):
+                return int(line.split()[1])
+    pytest.skip("no RssFile in /proc/self/status")
+
+
+@glibc_only
+def test_page_out_drops_clean_mapped_pages_and_never_changes_data(tmp_path):
+    import mmap
+
+    values = torch.arange(4 << 20, dtype=torch.float32)  # 16 MiB
+    path = tmp_path / "weights.bin"
+    path.write_bytes(values.numpy().tobytes())
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    t = torch.frombuffer(mapped, dtype=torch.float32)
+    clean, dirty = t[: 2 << 20], t[2 << 20:]
+    dirty[::1024] = -1.0  # copy-on-write: these pages now exist only in memory
+    expected = values.clone()
+    expected[2 << 20:][::1024] = -1.0
+    assert torch.equal(t, expected)  # every page resident
+    before = _rss_file_kib()
+    assert memory.page_out(clean) and memory.page_out(dirty)
+    assert before - _rss_file_kib() >= 4 * 1024  # most of the clean 8 MiB left RSS
+    assert torch.equal(t, expected)  # re-read from the file; modified pages kept their data
+    anon = torch.randn(1 << 20)
+    copy = anon.clone()
+    memory.page_out(anon)
+    assert torch.equal(anon, copy)
+    del t, clean, dirty
+    mapped.close()
