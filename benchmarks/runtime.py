@@ -26,6 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 OUT = ROOT / "benchmarks" / "out"
 CHECKPOINT = OUT / "sd15-arch-random-fp32.safetensors"
 
@@ -149,9 +150,11 @@ def step_unet(repeat: int, sizes, with_diffusers: bool) -> dict:
     on a shared machine hits both alike; best of `repeat` rounds."""
     import torch
 
-    from diffusion import attention
+    from diffusion import attention, memory
     from diffusion.checkpoint import build_unet, read_state_dict, split_state_dict
     from diffusion.config import detect_unet_config
+
+    memory.tune_cpu_allocator()  # as our sampler does on CPU; diffusers, in this process, gains alike
 
     unet_sd = split_state_dict(read_state_dict(CHECKPOINT)[0])["unet"]
     ours = build_unet(unet_sd, detect_unet_config(unet_sd), torch.float32, "cpu")
@@ -217,40 +220,57 @@ def main() -> None:
         print(json.dumps(steps[args.step]()))
         return
 
-    import torch
+    import machine
 
     if not CHECKPOINT.exists():
         print(f"writing {CHECKPOINT} (once) ...", flush=True)
         _run_step("make", args)
     size = CHECKPOINT.stat().st_size
     gib = 1 << 30
-    device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device: {device}; checkpoint {size / gib:.2f} GiB; batch 2; best of {args.repeat}\n")
+    lines = [f"model runtime, {CHECKPOINT.name} ({size / gib:.2f} GiB), one fresh process per part; "
+             f"UNet batch 2 (one CFG step), best of {args.repeat} rounds, ours and diffusers interleaved",
+             machine.describe(), ""]
 
+    def emit(line=""):
+        lines.append(line)
+        print(line, flush=True)
+
+    for line in lines:
+        print(line)
     load = _run_step("load", args)
-    print("| measure | value |\n|---|---|")
-    print(f"| load_checkpoint ({load['arch']}) | {load['load_s']:.2f} s |")
-    print(f"| peak RSS after load | {load['peak_after_load'] / gib:.2f} GiB "
-          f"({load['peak_after_load'] / size:.2f}x file) |")
-    print(f"| peak RSS after first forward | {load['peak_after_forward'] / gib:.2f} GiB "
-          f"({load['peak_after_forward'] / size:.2f}x file; goal <= 1.3x) |")
+    emit("| measure | value |")
+    emit("|---|---|")
+    emit(f"| load_checkpoint ({load['arch']}) | {load['load_s']:.2f} s |")
+    emit(f"| peak RSS after load | {load['peak_after_load'] / gib:.2f} GiB "
+         f"({load['peak_after_load'] / size:.2f}x file) |")
+    emit(f"| peak RSS after first forward | {load['peak_after_forward'] / gib:.2f} GiB "
+         f"({load['peak_after_forward'] / size:.2f}x file; goal <= 1.3x) |")
 
     unet = _run_step("unet", args)
-    ref = {k: v for k, v in unet.items() if k.startswith("diffusers@")}
-    for key, seconds in unet.items():
-        backend, s = key.split("@")
-        if backend == "diffusers":
-            continue
-        line = f"| UNet forward {backend}, latent {s}x{s} | {seconds:.2f} s"
-        if f"diffusers@{s}" in ref:
-            line += f" (diffusers {ref[f'diffusers@{s}']:.2f} s, ratio {seconds / ref[f'diffusers@{s}']:.2f})"
-        print(line + " |")
+    backends = list(dict.fromkeys(k.split("@")[0] for k in unet if not k.startswith("diffusers@")))
+    has_ref = any(k.startswith("diffusers@") for k in unet)
+    emit("")
+    emit("| UNet forward, latent | " + " | ".join(f"ours {b} (s)" for b in backends)
+         + (" | diffusers (s) | ratio sdpa/diffusers |" if has_ref else " |"))
+    emit("|---" * (1 + len(backends) + 2 * has_ref) + "|")
+    for s_ in args.sizes:
+        row = [f"{s_}x{s_} ({s_ * 8} px)"] + [f"{unet[f'{b}@{s_}']:.2f}" for b in backends]
+        if has_ref:
+            ref = unet[f"diffusers@{s_}"]
+            row += [f"{ref:.2f}", f"{unet.get(f'sdpa@{s_}', float('nan')) / ref:.2f}"]
+        emit("| " + " | ".join(row) + " |")
+    if has_ref:
+        emit("ratio = ours (default sdpa backend) / diffusers UNet2DConditionModel on the same tensors; goal <= 1.0")
     if not args.skip_vae:
+        emit("")
+        emit("| VAE decode | time (s) | peak RSS (GiB) | over the loaded VAE (GiB) |")
+        emit("|---|---|---|---|")
         for px in (512, 1024):
             r = _run_step(f"vae{px}", args)
-            print(f"| VAE decode {px}x{px} | {r['decode_s']:.2f} s, peak RSS {r['peak'] / gib:.2f} GiB "
-                  f"(+{(r['peak'] - r['peak_before']) / gib:.2f} GiB over the loaded VAE) |")
-
+            emit(f"| {px}x{px} | {r['decode_s']:.2f} | {r['peak'] / gib:.2f} | "
+                 f"{(r['peak'] - r['peak_before']) / gib:.2f} |")
+    if not args.skip_diffusers and not args.skip_vae and sorted(args.sizes) == [32, 64]:
+        print(f"saved {machine.save('runtime', chr(10).join(lines))}")  # only the standard run is kept
 
 if __name__ == "__main__":
     main()

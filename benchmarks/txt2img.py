@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -246,9 +245,11 @@ ROWS = [("cold start to first image (s)", lambda r: r["cold_start_s"]),
         ("peak RSS (GiB)", lambda r: r["peak_rss_gib"])]
 
 
-def report(results: dict, args) -> str:
+def report(results: dict, args, machine_text: str = "") -> str:
     lines = [f"txt2img, {CKPT.name}, batch 1, euler, {args.steps} steps, CFG {args.cfg}, "
-             f"torch threads default, {os.cpu_count()} CPUs"]
+             f"one fresh process per cell, torch threads default"]
+    if machine_text:
+        lines.append(machine_text)
     for size, per in results.items():
         lines.append(f"\n{size}x{size}")
         names = list(per)
@@ -263,7 +264,9 @@ def report(results: dict, args) -> str:
                 row += f"{vals[0] / vals[1]:10.2f}"
             lines.append(row)
     if any(len(per) == 2 for per in results.values()):
-        lines.append("\nratio = latentgraph / diffusers (below 1: latentgraph is faster or smaller)")
+        lines.append("\nratio = latentgraph / diffusers (below 1: latentgraph is faster or smaller); "
+                     "s/step is the mean over steps 2..n (step 1 pays one-off costs)\n"
+                     "targets: s/step ratio <= 0.9, peak RSS ratio <= 0.8")
     return "\n".join(lines)
 
 
@@ -286,15 +289,21 @@ def main(argv=None) -> int:
         print(json.dumps(WORKERS[args.worker](args.size, args.steps, args.cfg, args.spawned_at)), flush=True)
         return 0
     ensure_checkpoint(CKPT)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import machine
+
+    machine_text = machine.describe()  # before the runs: the load average says how idle the box was
     results = {}
     for size in args.sizes:
         results[size] = {"latentgraph": spawn("latentgraph", size, args.steps, args.cfg)}
         if not args.no_diffusers:
             results[size]["diffusers"] = spawn("diffusers", size, args.steps, args.cfg)
-    text = report(results, args)
+    text = report(results, args, machine_text)
     print(text)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "txt2img.json").write_text(json.dumps(results, indent=2))
+    if args.checkpoint is None and not args.no_diffusers:  # only the standard comparison is kept
+        print(f"saved {machine.save('txt2img', text)}")
     return 0
 
 
