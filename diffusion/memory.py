@@ -343,6 +343,25 @@ def page_out(tensor: torch.Tensor) -> bool:
     return libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), _MADV_PAGEOUT) == 0
 
 
+def is_file_backed(tensor: torch.Tensor) -> bool:
+    """Whether a CPU tensor's data lies in a file mapping (a memory-mapped checkpoint), i.e. memory
+    that `page_out` can hand back; False for heap memory or where /proc/self/maps is missing."""
+    if tensor.device.type != "cpu":
+        return False
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                fields = line.split(maxsplit=5)
+                lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                if lo <= start < hi:
+                    return end <= hi and len(fields) == 6 and fields[5].startswith("/")
+    except OSError:
+        pass
+    return False
+
+
 def release_cpu_memory() -> None:
     """Return the heap's free pages to the OS (after sampling, between prompts); no-op unless tuned."""
     if _MALLOC["tuned"]:

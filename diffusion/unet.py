@@ -41,8 +41,11 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
 # oneDNN re-laying out the weight on every call; there a weight reordered once is reused. The
 # result differs from the plain kernel only in float rounding (another summation order, ~1e-6
 # relative). `set_conv_prepack(False)` restores plain F.conv2d everywhere.
-_prepack = {"enabled": True}
+# A packed weight is a second copy. A memory-mapped original leaves RSS once packed (page_out);
+# one in ordinary memory (e.g. cast from an fp16 file) stays, so such packs share a budget.
+_prepack = {"enabled": True, "resident_bytes": 0}
 PREPACK_MIN_WEIGHT_PER_POSITION = 128  # pack when in_channels*k*k >= this * output positions
+PREPACK_RESIDENT_BUDGET = 512 << 20  # bytes of packs whose original cannot leave memory
 _HAS_PACKED_CONV = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 _HAS_ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
@@ -74,7 +77,9 @@ class Conv2d(nn.Conv2d):
     convolutions with few output positions per weight element through a weight packed once for
     oneDNN. The pack is rebuilt whenever the weight is replaced, moved or modified in place."""
 
-    _packed = None  # (key, packed weight); not a buffer, so state dicts are unchanged
+    # (weak ref to the weight, its (data_ptr, version), packed weight or None when declined, bytes
+    # counted against the resident budget); not a buffer, so state dicts are unchanged
+    _packed = None
 
     def _use_packed(self, x) -> bool:
         if not (_HAS_PACKED_CONV and x.ndim == 4 and self.padding_mode == "zeros"
@@ -87,25 +92,39 @@ class Conv2d(nn.Conv2d):
         return self.in_channels // self.groups * kh * kw >= PREPACK_MIN_WEIGHT_PER_POSITION * positions
 
     def _packed_weight(self, x):
+        """The packed weight for the current `self.weight`, or None where the budget declines it."""
         w = self.weight
         # A weak reference, so a replaced weight is neither kept alive nor mistaken for its successor.
         key = (w.data_ptr(), w._version)
         cached = self._packed
-        if cached is None or cached[0]() is not w or cached[1] != key:
-            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                w.detach().contiguous().to_mkldnn(), list(self.padding), list(self.stride),
-                list(self.dilation), self.groups, list(x.shape))
-            self._packed = cached = (weakref.ref(w), key, packed)
-            # The plain weight is now only read again for larger inputs or state dicts; when it is
-            # a clean page of the memory-mapped checkpoint, let it leave RSS (re-read on demand).
+        if cached is not None and cached[0]() is w and cached[1] == key:
+            return cached[2]
+        if cached is not None:
+            _prepack["resident_bytes"] -= cached[3]
+        self._packed = None
+        nbytes = w.numel() * w.element_size()
+        mapped = memory.is_file_backed(w)
+        if not mapped and _prepack["resident_bytes"] + nbytes > PREPACK_RESIDENT_BUDGET:
+            self._packed = (weakref.ref(w), key, None, 0)
+            return None
+        packed = torch._C._nn.mkldnn_reorder_conv2d_weight(
+            w.detach().contiguous().to_mkldnn(), list(self.padding), list(self.stride),
+            list(self.dilation), self.groups, list(x.shape))
+        if mapped:
+            # The plain weight is now only read for larger inputs or state dicts: let the clean
+            # pages of the memory-mapped checkpoint leave RSS (re-read from the file on demand).
             memory.page_out(w)
-        return cached[2]
+        resident = 0 if mapped else nbytes
+        _prepack["resident_bytes"] += resident
+        self._packed = (weakref.ref(w), key, packed, resident)
+        return packed
 
     def forward(self, x):
-        if not self._use_packed(x):
+        packed = self._packed_weight(x) if self._use_packed(x) else None
+        if packed is None:
             return super().forward(x)
         out = torch.ops.mkldnn._convolution_pointwise(
-            x.contiguous(), self._packed_weight(x), self.bias, list(self.padding), list(self.stride),
+            x.contiguous(), packed, self.bias, list(self.padding), list(self.stride),
             list(self.dilation), self.groups, "none", [], "")
         return out.contiguous()  # oneDNN answers channels-last; keep the layout the next layers expect
 

@@ -123,3 +123,40 @@ def test_unet_with_every_convolution_packed_matches_plain(monkeypatch):
     packed = [m for m in model.modules() if isinstance(m, U.Conv2d) and m._packed is not None]
     assert len(packed) == sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
     assert _rel(out, ref) < REL_TOL
+
+
+def test_packs_of_weights_in_ordinary_memory_share_a_budget(monkeypatch):
+    monkeypatch.setitem(U._prepack, "resident_bytes", 0)
+    conv = _conv()
+    nbytes = conv.weight.numel() * 4
+    x = torch.randn(1, 256, 2, 2)
+    monkeypatch.setattr(U, "PREPACK_RESIDENT_BUDGET", nbytes - 1)
+    assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))  # declined: plain kernel
+    assert conv._packed[2] is None and U._prepack["resident_bytes"] == 0
+    monkeypatch.setattr(U, "PREPACK_RESIDENT_BUDGET", nbytes)
+    conv.weight = torch.nn.Parameter(conv.weight.clone(), requires_grad=False)
+    conv(x)
+    assert conv._packed[2] is not None and U._prepack["resident_bytes"] == nbytes
+    conv.weight = torch.nn.Parameter(conv.weight * 2, requires_grad=False)  # old pack released
+    assert _rel(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1)) < REL_TOL
+    assert U._prepack["resident_bytes"] == nbytes
+
+
+def test_memory_mapped_weights_are_packed_beyond_the_budget(monkeypatch, tmp_path):
+    import mmap
+
+    conv = _conv()
+    path = tmp_path / "w.bin"
+    path.write_bytes(conv.weight.numpy().tobytes())
+    with open(path, "rb") as f:
+        mapped = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    weight = torch.frombuffer(mapped, dtype=torch.float32).view(conv.weight.shape)
+    assert U.memory.is_file_backed(weight) and not U.memory.is_file_backed(conv.weight)
+    conv.weight = torch.nn.Parameter(weight, requires_grad=False)
+    monkeypatch.setattr(U, "PREPACK_RESIDENT_BUDGET", 0)
+    monkeypatch.setitem(U._prepack, "resident_bytes", 0)
+    x = torch.randn(1, 256, 2, 2)
+    out = conv(x)
+    assert conv._packed[2] is not None and U._prepack["resident_bytes"] == 0
+    assert _rel(out, F.conv2d(x, conv.weight, conv.bias, padding=1)) < REL_TOL
+    del conv, weight
