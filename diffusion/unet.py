@@ -144,8 +144,8 @@ class ResBlock(nn.Module):
                                 else Conv2d(channels, out_channels, 1))
 
     def forward(self, x, emb):
-        h = self.in_layers(x)
-        h = h + self.emb_layers(emb).to(h.dtype)[:, :, None, None]
+        h = self.in_layers(x)  # a fresh tensor, so the add can write into it
+        h += self.emb_layers(emb).to(h.dtype)[:, :, None, None]
         return self.skip_connection(x) + self.out_layers(h)
 
 
@@ -195,7 +195,7 @@ class GEGLU(nn.Module):
 
     def forward(self, x):
         x, gate = self.proj(x).chunk(2, dim=-1)
-        return x * F.gelu(gate)
+        return F.gelu(gate).mul_(x)  # into gelu's fresh output: one activation-sized buffer less
 
 
 class FeedForward(nn.Module):
