@@ -38,29 +38,38 @@ def tiny_checkpoint_files(tmp_path_factory) -> dict[str, Path]:
     return {"sd1": make_tiny_sd1(root / SD1_NAME, seed=0), "sdxl": make_tiny_sdxl(root / SDXL_NAME, seed=0)}
 
 
-@pytest.fixture
-def sd_home(tmp_path, tiny_checkpoint_files):
-    """A folder_paths base directory with both tiny checkpoints; yields the base Path."""
+@contextlib.contextmanager
+def temporary_base(base: Path):
+    """Re-root nodes.folder_paths at `base` (with output/, input/, temp/ and models/checkpoints/),
+    one torch thread, and restore the previous roots afterwards."""
     from nodes import folder_paths
 
     saved = (folder_paths.base_path, folder_paths.output_directory, folder_paths.input_directory,
              folder_paths.temp_directory, folder_paths.user_directory)
-    ckpt_dir = tmp_path / "models" / "checkpoints"
-    ckpt_dir.mkdir(parents=True)
-    for path in tiny_checkpoint_files.values():
-        (ckpt_dir / path.name).symlink_to(path)
+    (base / "models" / "checkpoints").mkdir(parents=True, exist_ok=True)
     for sub in ("output", "input", "temp"):
-        (tmp_path / sub).mkdir()
-    folder_paths.set_base_path(str(tmp_path))
+        (base / sub).mkdir(exist_ok=True)
+    folder_paths.set_base_path(str(base))
     try:
         with one_torch_thread():
-            yield tmp_path
+            yield base
     finally:
         folder_paths.set_base_path(saved[0])
         folder_paths.set_output_directory(saved[1])
         folder_paths.set_input_directory(saved[2])
         folder_paths.set_temp_directory(saved[3])
         folder_paths.set_user_directory(saved[4])
+
+
+@pytest.fixture
+def sd_home(tmp_path, tiny_checkpoint_files):
+    """A folder_paths base directory with both tiny checkpoints; yields the base Path."""
+    ckpt_dir = tmp_path / "models" / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    for path in tiny_checkpoint_files.values():
+        (ckpt_dir / path.name).symlink_to(path)
+    with temporary_base(tmp_path):
+        yield tmp_path
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from tests import sdnodes_reference as ref
-from tests.sdnodes_env import one_torch_thread
+from tests.sdnodes_env import temporary_base
 from tests.templates_env import (EDITOR_ONLY, checkpoint_names, load_template, require_templates_package,
                                  runnable_templates, shrink)
 
@@ -57,23 +57,8 @@ def tiny_files(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def home(tmp_path):
     """A folder_paths base directory (models/checkpoints empty until `provide` fills it)."""
-    from nodes import folder_paths
-
-    saved = (folder_paths.base_path, folder_paths.output_directory, folder_paths.input_directory,
-             folder_paths.temp_directory, folder_paths.user_directory)
-    (tmp_path / "models" / "checkpoints").mkdir(parents=True)
-    for sub in ("output", "input", "temp"):
-        (tmp_path / sub).mkdir()
-    folder_paths.set_base_path(str(tmp_path))
-    try:
-        with one_torch_thread():
-            yield tmp_path
-    finally:
-        folder_paths.set_base_path(saved[0])
-        folder_paths.set_output_directory(saved[1])
-        folder_paths.set_input_directory(saved[2])
-        folder_paths.set_temp_directory(saved[3])
-        folder_paths.set_user_directory(saved[4])
+    with temporary_base(tmp_path):
+        yield tmp_path
 
 
 def _provide(home: Path, tiny_files: dict, names) -> None:
