@@ -243,6 +243,54 @@ def safe_annotated_filepath(name: str) -> Optional[str]:
 
 
 # -- saving ------------------------------------------------------------------------------------
+_DATE_TOKENS = re.compile(r"yyyy|yy|MM|M|dd|d|hh|h|mm|m|ss|s")
+_REFERENCE = re.compile(r"%([^%]+)%")
+
+
+def format_date(pattern: str, when: time.struct_time) -> str:
+    """The editor's `%date:FORMAT%` tokens: yyyy, yy, MM/M, dd/d, hh/h (24-hour), mm/m, ss/s."""
+    values = {"y": when.tm_year, "M": when.tm_mon, "d": when.tm_mday, "h": when.tm_hour,
+              "m": when.tm_min, "s": when.tm_sec}
+
+    def one(match):
+        token = match.group(0)
+        if token == "yyyy":
+            return f"{values['y']:04d}"
+        if token == "yy":
+            return f"{values['y'] % 100:02d}"
+        value = values[token[0]]
+        return f"{value:02d}" if len(token) == 2 else str(value)
+
+    return _DATE_TOKENS.sub(one, pattern)
+
+
+def resolve_text_references(text: str, prompt: dict | None) -> str:
+    """What the editor does to a filename prefix before queueing (ComfyUI does it in the browser,
+    so API and headless users got the text verbatim): `%date:FORMAT%` becomes the local time and
+    `%Title.input%` (a node's title, else its class) the constant value of that input in `prompt`.
+    Anything else, e.g. `%width%`, is left for `get_save_image_path`."""
+    now = time.localtime()
+
+    def one(match):
+        body = match.group(1)
+        if body.startswith("date:"):
+            return format_date(body[5:], now)
+        node, dot, name = body.partition(".")
+        if not dot or not isinstance(prompt, dict):
+            return match.group(0)
+        by_title = [n for n in prompt.values() if isinstance(n, dict)
+                    and (n.get("_meta") or {}).get("title") == node]
+        candidates = by_title or [n for n in prompt.values() if isinstance(n, dict)
+                                  and n.get("class_type") == node]
+        for entry in candidates:
+            value = (entry.get("inputs") or {}).get(name)
+            if value is not None and not isinstance(value, (list, dict)):
+                return re.sub(r"[/\\]", "_", str(value))  # a value never adds folders
+        return match.group(0)
+
+    return _REFERENCE.sub(one, text)
+
+
 def _expand_prefix(prefix: str, width: int, height: int) -> str:
     now = time.localtime()
     values = {"width": str(width), "height": str(height), "year": str(now.tm_year),

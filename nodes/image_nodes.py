@@ -118,6 +118,7 @@ def save_png_batch(images, filename_prefix: str, output_dir: str, folder_type: s
                    compress_level: int, prompt=None, extra_pnginfo=None) -> list:
     """Write each image of the batch as `<name>_<counter:05>_.png`; returns the UI entries."""
     height, width = int(images[0].shape[0]), int(images[0].shape[1])
+    filename_prefix = folder_paths.resolve_text_references(filename_prefix, prompt)
     full_folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(
         filename_prefix, output_dir, width, height)
     results = []
@@ -143,7 +144,8 @@ def save_png_batch(images, filename_prefix: str, output_dir: str, folder_type: s
       inputs=[Link("images", "IMAGE", tooltip="Images to write as PNG files."),
               String("filename_prefix", "ComfyUI",
                      tooltip="File name start, optionally with sub-folders (a/b/name); "
-                             "%width%, %height%, %year% ... are replaced.")])
+                             "%width%, %height%, %year% ..., %date:yyyy-MM-dd% and "
+                             "%NodeTitle.input% are replaced.")])
 class SaveImage:
     def execute(self, images, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
         results = save_png_batch(images, filename_prefix, folder_paths.get_output_directory(),
