@@ -46,7 +46,9 @@ class TqdmProgress:
         self.bars: dict = {}
 
     def __call__(self, event: str, data: dict) -> None:
-        if event == "progress":
+        if event == "run_start":
+            self.prompt = data.get("prompt") or {}
+        elif event == "progress":
             from tqdm import tqdm
 
             node = data.get("node")

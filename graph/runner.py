@@ -135,8 +135,10 @@ class Runner:
         if ui is not None:
             extra.setdefault("extra_pnginfo", {"workflow": ui})
         prompt_id = prompt_id or uuid.uuid4().hex
-        result = self.executor.execute(prompt, prompt_id, extra, checked.outputs,
-                                       self.listeners + tuple(listeners))
+        listeners = self.listeners + tuple(listeners)
+        for listener in listeners:  # lets a progress display name nodes by class and title
+            listener("run_start", {"prompt_id": prompt_id, "prompt": prompt})
+        result = self.executor.execute(prompt, prompt_id, extra, checked.outputs, listeners)
         if result.status_str != "success":
             err = result.error or {}
             if "exception_message" not in err:

@@ -122,3 +122,20 @@ def test_tqdm_listener_draws_one_bar_per_stepping_node():
     assert listener.bars["5"].n == 3
     listener("execution_success", {"prompt_id": "p"})
     assert listener.bars == {} and "5 KSampler" in stream.getvalue() and "3/3" in stream.getvalue()
+
+
+def test_runner_announces_the_prompt_so_bars_name_node_classes(tmp_path):
+    import io
+
+    from graph.cli import TqdmProgress
+    from graph.runner import Runner
+    from tests.engine_nodes import registry
+
+    events = []
+    stream = io.StringIO()
+    bars = TqdmProgress(stream=stream)
+    prompt = {"1": {"class_type": "IntConst", "inputs": {"value": 2}},
+              "2": {"class_type": "Output", "inputs": {"value": ["1", 0]}}}
+    Runner(registry()).run(prompt, listeners=[lambda e, d: events.append(e), bars])
+    assert events[0] == "run_start" and events[1] == "execution_start"
+    assert bars.prompt["1"]["class_type"] == "IntConst"
