@@ -155,3 +155,13 @@ async def test_webhook_called_with_bounded_retries(client):
         assert bad.status == 400
     finally:
         await runner.cleanup()
+
+
+async def test_default_web_root_is_the_landing_page(make_client):
+    from server.routes_system import default_web_root
+
+    root = default_web_root()
+    assert root is not None and root.endswith("web")
+    client = await make_client(web_root=root)
+    r = await client.get("/")
+    assert r.status == 200 and "latentgraph" in await r.text()
