@@ -52,13 +52,13 @@ def _maybe_convert_ui_format(state: ServerState, prompt: dict) -> dict:
         raise ApiError(400, f"could not convert the UI-format workflow: {e}") from None
 
 
-def _number(body: dict, counter: int) -> float:
-    if "number" in body:
+def _number(body: dict, counter: int | None) -> float:
+    if counter is None:
         try:
             return float(body["number"])
         except (TypeError, ValueError):
             raise ApiError(400, f"'number' must be a number, got {body['number']!r}") from None
-    return -counter if body.get("front") is True else counter
+    return -counter if body.get("front") else counter  # any truthy `front`, as ComfyUI
 
 
 def _webhook(body: dict) -> str | None:
@@ -76,7 +76,8 @@ def request_hash(body: dict) -> str:
 
 def submit(state: ServerState, body: dict, idempotency_key: str | None = None):
     """Validate and queue one POST /prompt body. Returns (status, response body, queued item|None)."""
-    counter = state.store.next_number()  # ComfyUI advances it on every POST, even rejected ones
+    # ComfyUI advances the counter on every POST without an explicit `number`, even rejected ones.
+    counter = None if "number" in body else state.store.next_number()
     if idempotency_key is not None:
         if len(idempotency_key) > 200:
             raise ApiError(400, "Idempotency-Key is longer than 200 characters")
