@@ -643,7 +643,7 @@ class _PromptRun:
     @staticmethod
     def _merge_ui(uis: list) -> Optional[dict]:
         uis = [u for u in uis if u is not None]
-        if not uis:
+        if not uis or not uis[0]:  # an empty ui is no ui: no `executed`, no history entry
             return None
         first = uis[0]
         merged = {}
