@@ -20,7 +20,8 @@ base_path = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 models_dir = os.path.join(base_path, "models")
 folder_names_and_paths: dict[str, tuple[list, set]] = {}
 output_directory = input_directory = temp_directory = user_directory = ""
-_filename_cache: dict[str, tuple[list, dict, float]] = {}
+# key -> (files, mtimes of scanned dirs, (roots, extensions) the scan used)
+_filename_cache: dict[str, tuple[list, dict, tuple]] = {}
 
 
 def _model_folders(models: str, base: str) -> dict[str, tuple[list, set]]:
@@ -174,11 +175,14 @@ def get_filename_list(key: str) -> list:
     key = map_legacy(key)
     with _lock:
         roots, exts = folder_names_and_paths[key]
+        # plugins edit folder_names_and_paths in place, so the roots and extensions are part of the key
+        scanned_for = (tuple(roots), frozenset(e.lower() for e in exts))
         cached = _filename_cache.get(key)
-        if cached is not None and _cache_valid(cached[1]):
+        if cached is not None and cached[2] == scanned_for and _cache_valid(cached[1]):
             return list(cached[0])
-        files, mtimes = _scan(list(roots), {e.lower() for e in exts if e != "folder"})
-        _filename_cache[key] = (files, mtimes, time.time())
+        # a non-empty set filters even when it names no real extension: {"folder"} lists no files
+        files, mtimes = _scan(list(roots), set(scanned_for[1]))
+        _filename_cache[key] = (files, mtimes, scanned_for)
         return list(files)
 
 

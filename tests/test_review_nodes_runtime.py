@@ -1,0 +1,35 @@
+"""Review findings in nodes/ and the diffusion glue: behaviour that differed from ComfyUI 0.8."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from nodes import folder_paths
+from tests.sdnodes_env import temporary_base
+
+
+def _touch(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+
+
+def test_filename_list_sees_a_folder_a_plugin_adds_directly(tmp_path):
+    # COMPAT §7: plugins edit folder_names_and_paths in place (append a root, or replace the entry);
+    # a list cached before that must not hide the new folder's files.
+    with temporary_base(tmp_path / "base"):
+        _touch(tmp_path / "base" / "models" / "checkpoints" / "a.safetensors")
+        assert folder_paths.get_filename_list("checkpoints") == ["a.safetensors"]
+        extra = tmp_path / "extra"
+        _touch(extra / "b.safetensors")
+        folder_paths.folder_names_and_paths["checkpoints"][0].append(str(extra))
+        assert folder_paths.get_filename_list("checkpoints") == ["a.safetensors", "b.safetensors"]
+        folder_paths.folder_names_and_paths["checkpoints"] = ([str(extra)], {".safetensors"})
+        assert folder_paths.get_filename_list("checkpoints") == ["b.safetensors"]
+
+
+def test_folder_extension_lists_no_files(tmp_path):
+    # COMPAT §7/§8: "diffusers" holds model folders; its extension set {"folder"} is not empty, so
+    # get_filename_list matches no file (ComfyUI's DiffusersLoader walks the folders itself).
+    with temporary_base(tmp_path):
+        _touch(tmp_path / "models" / "diffusers" / "sd" / "model_index.json")
+        _touch(tmp_path / "models" / "diffusers" / "notes.txt")
+        assert folder_paths.get_filename_list("diffusers") == []
