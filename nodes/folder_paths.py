@@ -129,8 +129,11 @@ def add_model_folder_path(key: str, path: str, is_default: bool = False) -> None
     with _lock:
         paths, exts = folder_names_and_paths.setdefault(key, ([], set()))
         if path in paths:
-            paths.remove(path)
-        if is_default:
+            # a known path keeps its place (it decides which same-named file wins) unless made default
+            if is_default and paths[0] != path:
+                paths.remove(path)
+                paths.insert(0, path)
+        elif is_default:
             paths.insert(0, path)
         else:
             paths.append(path)

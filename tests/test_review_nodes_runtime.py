@@ -33,3 +33,21 @@ def test_folder_extension_lists_no_files(tmp_path):
         _touch(tmp_path / "models" / "diffusers" / "sd" / "model_index.json")
         _touch(tmp_path / "models" / "diffusers" / "notes.txt")
         assert folder_paths.get_filename_list("diffusers") == []
+
+
+def test_adding_a_known_folder_again_keeps_its_place(tmp_path):
+    # COMPAT §7 add_model_folder_path: a path already listed stays where it is (is_default moves it
+    # first); re-adding it must not push it behind the others and change which file wins.
+    with temporary_base(tmp_path):
+        first, second = str(tmp_path / "a"), str(tmp_path / "b")
+        folder_paths.add_model_folder_path("loras", first)
+        folder_paths.add_model_folder_path("loras", second)
+        base = folder_paths.get_folder_paths("loras")
+        assert base[-2:] == [first, second]
+        folder_paths.add_model_folder_path("loras", first)
+        assert folder_paths.get_folder_paths("loras") == base
+        folder_paths.add_model_folder_path("loras", second, is_default=True)
+        assert folder_paths.get_folder_paths("loras") == [second] + [p for p in base if p != second]
+        folder_paths.add_model_folder_path("my_pack_models", first)
+        assert folder_paths.get_folder_paths("my_pack_models") == [first]
+        assert folder_paths.folder_names_and_paths["my_pack_models"][1] == set()
