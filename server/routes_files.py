@@ -54,12 +54,14 @@ async def view(request: web.Request):
     path = resolve_inside(folder, os.path.basename(name))
     if not path.is_file():
         raise ApiError(404, f"file not found: {os.path.basename(name)!r}")
-    channel = q.get("channel", "rgba")
+    # As ComfyUI: a preview re-encodes (webp unless jpeg was asked for and no alpha is wanted);
+    # otherwise channel rgb / a extracts; any other channel value serves the file as it is.
     preview = q.get("preview")
-    if channel not in ("rgba", "rgb", "a"):
-        raise ApiError(400, f"channel must be rgba, rgb or a, got {channel!r}")
-    if preview or channel != "rgba":
-        return _converted_image(path, channel, preview)
+    channel = q.get("channel", "")
+    if preview:
+        return _preview_image(path, preview, channel)
+    if channel in ("rgb", "a"):
+        return _channel_image(path, channel)
     return file_response(path)
 
 
@@ -77,40 +79,51 @@ def file_response(path: Path, *, download_name: str | None = None) -> web.Stream
     return web.FileResponse(path, headers=headers)
 
 
-def _converted_image(path: Path, channel: str, preview: str | None) -> web.Response:
+def _open_image(path: Path):
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            img.load()
-            if channel == "rgb":
-                img = img.convert("RGB")
-            elif channel == "a":
-                alpha = img.convert("RGBA").getchannel("A")
-                img = Image.new("RGBA", img.size, (0, 0, 0, 0))
-                img.putalpha(alpha)
-            buf = io.BytesIO()
-            if preview:
-                fmt, _, quality = preview.partition(";")
-                fmt = fmt.lower()
-                if fmt not in ("webp", "jpeg"):
-                    raise ApiError(400, f"preview format must be webp or jpeg, got {fmt!r}")
-                try:
-                    q = int(quality) if quality else 90
-                except ValueError:
-                    raise ApiError(400, f"preview quality must be an integer, got {quality!r}") from None
-                if fmt == "jpeg":
-                    img = img.convert("RGB")
-                img.save(buf, format=fmt.upper(), quality=max(1, min(q, 100)))
-                content_type = f"image/{fmt}"
-            else:
-                img.save(buf, format="PNG")
-                content_type = "image/png"
+        img = Image.open(path)
+        img.load()
+        return img
     except (UnidentifiedImageError, OSError) as e:
         raise ApiError(400, f"{path.name!r} is not an image that can be converted: {e}") from None
-    return web.Response(body=buf.getvalue(), content_type=content_type,
+
+
+def _image_response(img, path: Path, fmt: str, **save_args) -> web.Response:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt.upper(), **save_args)
+    return web.Response(body=buf.getvalue(), content_type=f"image/{fmt}",
                         headers={"X-Content-Type-Options": "nosniff",
-                                 "Content-Disposition": f'filename="{path.stem}.{content_type[6:]}"'})
+                                 "Content-Disposition": f'filename="{path.stem}.{fmt}"'})
+
+
+def _preview_image(path: Path, preview: str, channel: str) -> web.Response:
+    """`preview=FORMAT;QUALITY`: webp or jpeg (anything else, or an alpha channel asked for: webp);
+    a quality that is not a number means 90."""
+    parts = preview.split(";")
+    fmt = parts[0].lower()
+    if fmt not in ("webp", "jpeg") or "a" in channel:
+        fmt = "webp"
+    quality = int(parts[-1]) if parts[-1].isdigit() else 90
+    with _open_image(path) as img:
+        if fmt == "jpeg" or channel == "rgb":
+            img = img.convert("RGB")
+        return _image_response(img, path, fmt, quality=max(1, min(quality, 100)))
+
+
+def _channel_image(path: Path, channel: str) -> web.Response:
+    """channel=rgb: the colour channels as PNG; channel=a: only the alpha, as an RGBA PNG."""
+    from PIL import Image
+
+    with _open_image(path) as img:
+        if channel == "rgb":
+            out = img.convert("RGB")
+        else:
+            alpha = img.convert("RGBA").getchannel("A")
+            out = Image.new("RGBA", img.size, (0, 0, 0, 0))
+            out.putalpha(alpha)
+        return _image_response(out, path, "png")
 
 
 async def _read_upload(request: web.Request):
@@ -179,7 +192,8 @@ async def upload_mask(request: web.Request):
     if not isinstance(ref, dict) or not isinstance(ref.get("filename"), str):
         raise ApiError(400, "original_ref must be JSON {filename, subfolder?, type?}")
     ref_name, annotated = split_annotation(ref["filename"])
-    root = type_root(request, annotated or str(ref.get("type") or "input"))
+    # ComfyUI looks for the original in output/ unless the reference says otherwise.
+    root = type_root(request, annotated or str(ref.get("type") or "output"))
     original_path = resolve_inside(resolve_inside(root, str(ref.get("subfolder") or "")),
                                    _safe_name(ref_name, "original_ref.filename"))
     if not original_path.is_file():

@@ -77,8 +77,16 @@ async def test_view_channels_and_preview(client, env):
     r = await client.get("/view", params={"filename": "o.png", "preview": "webp;50"})
     assert r.headers["Content-Type"] == "image/webp"
     assert Image.open(io.BytesIO(await r.read())).format == "WEBP"
-    r = await client.get("/view", params={"filename": "o.png", "preview": "gif;5"})
-    assert r.status == 400
+    # as ComfyUI: an unknown preview format becomes webp, a non-numeric quality 90, an unknown
+    # channel serves the file unchanged
+    r = await client.get("/view", params={"filename": "o.png", "preview": "gif;x"})
+    assert r.status == 200 and r.headers["Content-Type"] == "image/webp"
+    r = await client.get("/view", params={"filename": "o.png", "preview": "jpeg;80", "channel": "rgba"})
+    assert r.headers["Content-Type"] == "image/webp"  # alpha wanted: jpeg cannot carry it
+    r = await client.get("/view", params={"filename": "o.png", "preview": "jpeg;80"})
+    assert r.headers["Content-Type"] == "image/jpeg"
+    r = await client.get("/view", params={"filename": "o.png", "channel": "xyz"})
+    assert r.status == 200 and await r.read() == open(os.path.join(env.get_output_directory(), "o.png"), "rb").read()
     assert (await client.get("/view", params={"filename": "none.png"})).status == 404
 
 
@@ -99,13 +107,17 @@ async def test_upload_mask_applies_alpha_and_keeps_text(client, env):
     mask = png_bytes((0, 0, 0, 40), size=(6, 4))
     r = await client.post("/upload/mask", data=form(mask, name="clipspace-mask.png",
                                                     original_ref=json.dumps({"filename": "orig.png"})))
+    assert r.status == 404  # without a type the original is looked for in output/, as ComfyUI does
+    r = await client.post("/upload/mask", data=form(mask, name="clipspace-mask.png", original_ref=json.dumps(
+        {"filename": "orig.png", "type": "input"})))
     assert r.status == 200
     name = (await r.json())["name"]
     out = Image.open(os.path.join(env.get_input_directory(), name))
     assert out.getpixel((0, 0)) == (100, 150, 200, 40) and out.text.get("prompt") == "{}"
     r = await client.post("/upload/mask", data=form(mask, original_ref="{bad"))
     assert r.status == 400
-    r = await client.post("/upload/mask", data=form(mask, original_ref=json.dumps({"filename": "nope.png"})))
+    r = await client.post("/upload/mask", data=form(mask, original_ref=json.dumps(
+        {"filename": "nope.png", "type": "input"})))
     assert r.status == 404
 
 
