@@ -83,6 +83,8 @@ def run_main(argv, registry_factory: Callable, folder_paths) -> int:
         return 2
     if args.out:
         folder_paths.set_output_directory(args.out)
+    if hasattr(folder_paths, "add_output_model_paths"):  # models saved by workflows load too
+        folder_paths.add_output_model_paths()
     registry = registry_factory()
     listeners = [] if args.quiet else [TqdmProgress()]
     runner = Runner(registry, cache_policy=policy, lru_size=max(args.cache_lru, 1),

@@ -140,6 +140,19 @@ def add_model_folder_path(key: str, path: str, is_default: bool = False) -> None
         _filename_cache.pop(key, None)
 
 
+# Model kinds that nodes can write into the output folder (CheckpointSave, LoraSave, …) and where.
+OUTPUT_MODEL_FOLDERS = (("checkpoints", "checkpoints"), ("text_encoders", "clip"), ("vae", "vae"),
+                        ("diffusion_models", "diffusion_models"), ("loras", "loras"))
+
+
+def add_output_model_paths() -> None:
+    """Also look for models under <output>/checkpoints, clip, vae, diffusion_models and loras, so a
+    model saved by a workflow can be loaded by the next one (as ComfyUI's start-up does)."""
+    out = get_output_directory()
+    for key, sub in OUTPUT_MODEL_FOLDERS:
+        add_model_folder_path(key, os.path.join(out, sub))
+
+
 def _scan(roots: list, exts: set) -> tuple[list, dict]:
     """Relative file paths under roots (recursive, following symlinks, skipping .git) and the
     mtimes of every directory scanned, for cache invalidation."""

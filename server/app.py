@@ -129,6 +129,7 @@ def configure_folders(opts: ServerOptions, folder_paths) -> None:
     configs = ([str(default_yaml)] if default_yaml.is_file() else []) + list(opts.extra_model_paths_config)
     for config in configs:
         load_extra_model_paths(config, folder_paths)
+    folder_paths.add_output_model_paths()
 
 
 def serve_main(argv: list[str], registry=None, folder_paths=None) -> int:

@@ -51,3 +51,14 @@ def test_adding_a_known_folder_again_keeps_its_place(tmp_path):
         folder_paths.add_model_folder_path("my_pack_models", first)
         assert folder_paths.get_folder_paths("my_pack_models") == [first]
         assert folder_paths.folder_names_and_paths["my_pack_models"][1] == set()
+
+
+def test_models_saved_into_output_are_found(tmp_path):
+    with temporary_base(tmp_path):
+        saved = tmp_path / "output" / "checkpoints" / "merged.safetensors"
+        saved.parent.mkdir(parents=True)
+        saved.write_bytes(b"x")
+        assert "merged.safetensors" not in folder_paths.get_filename_list("checkpoints")
+        folder_paths.add_output_model_paths()
+        assert "merged.safetensors" in folder_paths.get_filename_list("checkpoints")
+        assert folder_paths.get_folder_paths("clip")[-1] == str(tmp_path / "output" / "clip")

@@ -82,4 +82,5 @@ def test_configure_folders_applies_flags_then_yaml(tmp_path):
     assert fp.calls == [("set_base_path", (str(tmp_path),), {}),
                         ("set_output_directory", ("/o",), {}),
                         ("set_temp_directory", ("/t/temp",), {}),
-                        ("add_model_folder_path", ("loras", "/m/l"), {"is_default": False})]
+                        ("add_model_folder_path", ("loras", "/m/l"), {"is_default": False}),
+                        ("add_output_model_paths", (), {})]
