@@ -347,13 +347,11 @@ def get_save_image_path(filename_prefix: str, output_dir: str, image_width: int 
 
 
 def filter_files_content_types(files: list, content_types: list) -> list:
-    """Keep files whose guessed mimetype is one of image/video/audio/model."""
+    """Keep files whose guessed mimetype's top level (image, video, audio, model…) is one of
+    content_types; files with no known mimetype are dropped (as ComfyUI does)."""
     out = []
     for f in files:
-        mime = mimetypes.guess_type(f, strict=False)[0] or ""
-        kind = mime.split("/")[0]
-        if os.path.splitext(f)[1].lower() in SUPPORTED_PT_EXTENSIONS:
-            kind = "model"
-        if kind in content_types:
+        mime = mimetypes.guess_type(f, strict=False)[0]
+        if mime and mime.split("/")[0] in content_types:
             out.append(f)
     return out

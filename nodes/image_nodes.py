@@ -22,7 +22,6 @@ from nodes.spec import MAX_RESOLUTION, Combo, Int, Link, Out, String, mappings, 
 
 # Set by the server's --disable-metadata: no prompt/workflow text chunks in saved PNGs.
 DISABLE_METADATA = False
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".mpo"}
 SAVE_HIDDEN = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
 
 
@@ -50,7 +49,8 @@ def _input_images() -> list:
     if not os.path.isdir(folder):
         return []
     names = [f for f in os.listdir(folder) if os.path.isfile(os.path.join(folder, f))]
-    return sorted(f for f in names if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
+    # Listed by mimetype, as ComfyUI does (so .avif, .jfif … appear); any existing file validates.
+    return sorted(folder_paths.filter_files_content_types(names, ["image"]))
 
 
 def _image_path(image: str) -> str:

@@ -62,3 +62,15 @@ def test_models_saved_into_output_are_found(tmp_path):
         folder_paths.add_output_model_paths()
         assert "merged.safetensors" in folder_paths.get_filename_list("checkpoints")
         assert folder_paths.get_folder_paths("clip")[-1] == str(tmp_path / "output" / "clip")
+
+
+def test_load_image_lists_input_files_by_mimetype(tmp_path):
+    from nodes.image_nodes import LoadImage
+
+    with temporary_base(tmp_path):
+        for name in ("a.png", "b.avif", "c.jfif", "notes.txt", "model.safetensors", "d.mpo"):
+            (tmp_path / "input" / name).write_bytes(b"x")
+        listed = LoadImage.INPUT_TYPES()["required"]["image"][0]
+        assert listed == ["a.png", "b.avif", "c.jfif"]
+        assert folder_paths.filter_files_content_types(["x.glb", "y.safetensors", "z.wav"],
+                                                       ["model", "audio"]) == ["x.glb", "z.wav"]
