@@ -40,14 +40,14 @@ def tiny_checkpoint_files(tmp_path_factory) -> dict[str, Path]:
 
 @contextlib.contextmanager
 def temporary_base(base: Path):
-    """Re-root nodes.folder_paths at `base` (with output/, input/, temp/ and models/checkpoints/),
+    """Re-root nodes.folder_paths at `base` (with output/, input/, temp/, user/, models/checkpoints/),
     one torch thread, and restore the previous roots afterwards."""
     from nodes import folder_paths
 
     saved = (folder_paths.base_path, folder_paths.output_directory, folder_paths.input_directory,
              folder_paths.temp_directory, folder_paths.user_directory)
     (base / "models" / "checkpoints").mkdir(parents=True, exist_ok=True)
-    for sub in ("output", "input", "temp"):
+    for sub in ("output", "input", "temp", "user"):
         (base / sub).mkdir(exist_ok=True)
     folder_paths.set_base_path(str(base))
     try:

@@ -17,7 +17,7 @@ from PIL import Image
 from graph.queue import PromptStore
 from server.app import build_app
 from server.args import parse_args
-from tests.sdnodes_env import one_torch_thread
+from tests.sdnodes_env import temporary_base
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
 
@@ -38,22 +38,8 @@ def tiny_sd1(tmp_path_factory) -> Path:
 @pytest.fixture
 def base(tmp_path):
     """nodes.folder_paths re-rooted at a temporary base directory; restored afterwards."""
-    from nodes import folder_paths
-
-    saved = (folder_paths.base_path, folder_paths.output_directory, folder_paths.input_directory,
-             folder_paths.temp_directory, folder_paths.user_directory)
-    for sub in ("models/checkpoints", "output", "input", "temp", "user"):
-        (tmp_path / sub).mkdir(parents=True)
-    folder_paths.set_base_path(str(tmp_path))
-    try:
-        with one_torch_thread():
-            yield tmp_path
-    finally:
-        folder_paths.set_base_path(saved[0])
-        folder_paths.set_output_directory(saved[1])
-        folder_paths.set_input_directory(saved[2])
-        folder_paths.set_temp_directory(saved[3])
-        folder_paths.set_user_directory(saved[4])
+    with temporary_base(tmp_path):
+        yield tmp_path
 
 
 def _api_prompt(registry) -> dict:
