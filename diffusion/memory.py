@@ -277,7 +277,9 @@ def cleanup_after_prompt() -> None:
 # mmaps and gives them back on free, so every UNet step on CPU faults in and zero-fills its large
 # activations again: at 512x512 ~700k page faults and ~0.9 s of kernel time per forward. Raising
 # the threshold and the trim threshold keeps freed blocks in the heap for the next step; the
-# memory goes back to the OS with malloc_trim at the end of sampling and between prompts.
+# memory goes back to the OS with malloc_trim at the end of sampling and between prompts. How much
+# this saves varies between processes: where the kernel places the heap (address-space
+# randomisation) decides whether it can grow in place or glibc falls back to mmap for a block.
 
 _MALLOC = {"libc": None, "tuned": False}
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
