@@ -5,15 +5,18 @@ What each architecture uses (ComfyUI 0.8 semantics: `comfy/sd1_clip.py`, `sd2_cl
 | arch         | towers (tokens key)      | default output                        | pad token |
 |--------------|--------------------------|---------------------------------------|-----------|
 | sd1          | CLIP-L ("l")             | last layer through final_layer_norm   | EOS 49407 |
-| sd2          | OpenCLIP-H ("h")         | penultimate layer, no final norm      | 0         |
+| sd2          | OpenCLIP-H ("h")         | penultimate layer through final norm  | 0         |
 | sdxl         | CLIP-L ("l"), bigG ("g") | both penultimate, no final norm;      | L: EOS,   |
 |              |                          | concatenated on channels (768+1280)   | G: 0      |
 | sdxl_refiner | bigG ("g")               | penultimate, no final norm            | 0         |
 
-`set_last_layer(n)` (CLIPSetLastLayer) makes every tower return the raw output of layer n (-1 = last,
-Python indexing over the transformer layers, the same as transformers' `hidden_states[n]`). Only SD1's
-CLIP-L passes that hidden state through final_layer_norm (ComfyUI's `layer_norm_hidden_state=True`);
-so for SD1, n = -1 equals the default, while for SD2/SDXL n = -1 gives the un-normed last layer.
+`set_last_layer(n)` (CLIPSetLastLayer) makes every tower return the output of layer n (-1 = last,
+Python indexing over the transformer layers, the same as transformers' `hidden_states[n]`). SD1's
+CLIP-L and SD2's OpenCLIP-H pass that hidden state through final_layer_norm (ComfyUI's
+`layer_norm_hidden_state=True`, the default its SD1 and SD2 models keep; diffusers' SD2 text encoder is
+the 23-layer model whose last_hidden_state is final-normed); SDXL's towers do not (ComfyUI builds them
+with `layer_norm_hidden_state=False`). So for SD1/SD2, n = -1 equals the final-normed last layer, while
+for SDXL n = -1 gives the un-normed last layer.
 An n beyond the number of layers (e.g. -24 on the 12-layer CLIP-L) falls back to the default "last"
 output (final-normed last layer), as ComfyUI does.
 
@@ -24,8 +27,9 @@ unchanged where it has none (SD1 CLIP-L). SDXL's pooled output is bigG's.
 
 In transformers' terms (checked by tests/test_clip_encode.py with the same weights): SD1's default is
 `CLIPTextModel(ids).last_hidden_state`, its clip skip n is `final_layer_norm(hidden_states[n])`
-(what diffusers' `clip_skip` computes too); SD2/SDXL output `hidden_states[n]` (n = -2 by default,
-as diffusers' SDXL pipeline does for both encoders); pooled is `pooler_output` for CLIP-L and
+(what diffusers' `clip_skip` computes too); SD2 outputs `final_layer_norm(hidden_states[n])` (n = -2
+by default); SDXL outputs `hidden_states[n]` (n = -2 by default, as diffusers' SDXL pipeline does for
+both encoders); pooled is `pooler_output` for CLIP-L and
 `CLIPTextModelWithProjection(ids).text_embeds` for OpenCLIP-H / bigG.
 
 Padding: ComfyUI's SD1 tokenizer pads chunks with EOS; the OpenCLIP tokenizers of SD2 and SDXL's bigG
@@ -77,13 +81,13 @@ class TowerSpec:
     prefix: str  # where its weights sit in a single-file checkpoint
     activation: str
     default_layer: int | None  # None: last layer through the final norm; else raw hidden layer
-    norm_hidden: bool  # a selected hidden layer also goes through the final norm (SD1)
+    norm_hidden: bool  # a selected hidden layer also goes through the final norm (SD1, SD2)
     pad_token: int
     embedding_key: str  # key of this tower's vectors in multi-encoder embedding files
 
 
 _L_SD1 = TowerSpec("l", "cond_stage_model.transformer.", "quick_gelu", None, True, EOS, "clip_l")
-_H_SD2 = TowerSpec("h", "cond_stage_model.model.", "gelu", -2, False, 0, "clip_h")
+_H_SD2 = TowerSpec("h", "cond_stage_model.model.", "gelu", -2, True, 0, "clip_h")
 _L_SDXL = TowerSpec("l", "conditioner.embedders.0.transformer.", "quick_gelu", -2, False, EOS, "clip_l")
 _G_SDXL = TowerSpec("g", "conditioner.embedders.1.model.", "gelu", -2, False, 0, "clip_g")
 TOWERS = {

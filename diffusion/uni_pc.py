@@ -68,6 +68,17 @@ def _uni_pc_step(model, x, x0_prev, sigma_prev, sigma_t, order, use_corrector, v
     return x_t, model_t
 
 
+def _single_step(x, sigmas, callback, denoised):
+    """One step, as ComfyUI computes it: its UniPC loop runs with order 0, evaluates the model once and
+    never updates the sample. What comes back is the input moved into variance-preserving scale at
+    sigma[0] and out of it at sigma[-1] (the VP factor is alpha(s) = 1/sqrt(1 + s^2)); the same float32
+    operations in the same order keep the result bit-identical. Turbo/LCM users get a noisy latent
+    with uni_pc at one step in ComfyUI too; other samplers denoise in one step."""
+    x = x / torch.sqrt(1.0 + sigmas[0] ** 2.0)
+    report(callback, x, 0, sigmas[0], sigmas[0], denoised)
+    return x / torch.exp(0.5 * torch.log(1 / (sigmas[-1] * sigmas[-1] + 1)))
+
+
 def _sample_uni_pc(model, x, sigmas, extra_args, callback, disable, variant):
     extra_args, s_in = setup(x, extra_args)
     if len(sigmas) < 2:
@@ -76,9 +87,12 @@ def _sample_uni_pc(model, x, sigmas, extra_args, callback, disable, variant):
     if sigmas[-1] == 0:
         sigmas[-1] = FINAL_SIGMA
     n = len(sigmas) - 1
-    order = max(1, min(3, n - 1))
+    # ComfyUI's order rule, min(3, steps - 1), is 0 for a single step (see _single_step).
+    order = min(3, n - 1)
     history_x0 = [model(x, sigmas[0] * s_in, **extra_args)]
     history_sigma = [sigmas[0]]
+    if order == 0:
+        return _single_step(x, sigmas, callback, history_x0[0])
     for step in steps(n, disable):
         # warm up with lower orders, and lower the order again for the final steps
         step_order = min(order, step + 1, n - step)

@@ -80,20 +80,26 @@ def test_sd1_default_and_clip_skip(checkpoints, refs):
     assert clip.layer_idx is None
 
 
-def test_sd2_penultimate_without_final_norm(checkpoints, refs):
+def test_sd2_penultimate_through_final_norm(checkpoints, refs):
+    """SD2 (ComfyUI's SD2ClipHModel keeps layer_norm_hidden_state=True; diffusers' SD2 text encoder is
+    the 23-layer model, whose last_hidden_state is final-normed): final_layer_norm(hidden_states[-2])."""
     clip = _load(checkpoints, "sd2")
     chunk = _chunk(WORDS, 0)
     hidden, last, _, projected = reference_outputs(refs["H"], _ids(chunk))
+    norm = final_norm_of(refs["H"])
     cond, pooled = clip.encode_from_tokens({"h": [chunk]}, return_pooled=True)
-    assert max_rel_err(cond, hidden[-2]) <= TOL
+    with torch.no_grad():
+        assert max_rel_err(cond, norm(hidden[-2])) <= TOL
+        assert max_rel_err(cond, hidden[-2]) > 0.01  # the un-normed state is a different thing
     assert pooled.shape == (1, 48) and max_rel_err(pooled, projected) <= TOL
     _, unprojected = clip.encode_from_tokens({"h": [chunk]}, return_pooled="unprojected")
     eos = len(WORDS) + 1
     assert unprojected.shape == (1, 64) and max_rel_err(unprojected[0], last[0, eos]) <= TOL
-    clip.set_last_layer(-1)  # raw last layer: NOT the final-normed last_hidden_state
-    cond = clip.encode_from_tokens({"h": [chunk]})
-    assert max_rel_err(cond, hidden[-1]) <= TOL
-    assert max_rel_err(cond, last) > 0.01
+    clip.set_last_layer(-1)  # the last layer through the norm: last_hidden_state
+    assert max_rel_err(clip.encode_from_tokens({"h": [chunk]}), last) <= TOL
+    clip.set_last_layer(-3)
+    with torch.no_grad():
+        assert max_rel_err(clip.encode_from_tokens({"h": [chunk]}), norm(hidden[-3])) <= TOL
 
 
 def test_sdxl_concatenates_l_and_g_and_pools_g(checkpoints, refs):
@@ -237,7 +243,9 @@ def test_load_text_encoders_single_and_dual(tmp_path, refs):
     sd2 = load_text_encoders([tmp_path / "clip_h.safetensors"], "sd2", dtype=torch.float32, device="cpu")
     hidden, _, _, projected = reference_outputs(refs["H"], _ids(_chunk(WORDS, 0)))
     cond, pooled = sd2.encode_from_tokens({"h": [_chunk(WORDS, 0)]}, return_pooled=True)
-    assert max_rel_err(cond, hidden[-2]) <= TOL and max_rel_err(pooled, projected) <= TOL
+    with torch.no_grad():
+        assert max_rel_err(cond, final_norm_of(refs["H"])(hidden[-2])) <= TOL
+    assert max_rel_err(pooled, projected) <= TOL
 
     with pytest.raises(TextEncoderError, match="takes 2 file"):
         load_text_encoders([tmp_path / "clip_l.safetensors"], "sdxl")
