@@ -66,6 +66,9 @@ class _DPMSolver:
 
     def fast(self, x, t_start, t_end, nfe, eta, s_noise, noise_sampler):
         """Uniform steps in t with orders 3,3,...,then 2/1 so the evaluations sum to `nfe`."""
+        if eta and not t_end > t_start:  # e.g. one step to 0: sigma_min is sigma_max (k-diffusion raises too)
+            raise ValueError("dpm_fast: eta must be 0 when the schedule has a single noise level "
+                             "(one step to sigma 0) or rises")
         m = nfe // 3 + 1
         ts = torch.linspace(float(t_start), float(t_end), m + 1, dtype=x.dtype, device=x.device)
         orders = [3] * (m - 2) + [2, 1] if nfe % 3 == 0 else [3] * (m - 1) + [nfe % 3]

@@ -23,6 +23,11 @@ comparison applies the documented adjustment (the ComfyUI function is named at e
   torch.Generator().manual_seed(seed + 1).
 - Brownian tree (`BrownianTreeNoiseSampler`, cpu=True in ComfyUI): checked separately to give the
   same noise as k-diffusion's for the same seed and float32 tensors.
+- `dpmpp_2m_sde` / `dpmpp_3m_sde` with a FIRST step to sigma 0 (one step): k-diffusion 0.1.1 reads `h`
+  after a step that never set it (UnboundLocalError); ComfyUI sets `h_last` inside the branch and
+  returns the denoised prediction, which is the reference then.
+- `dpm_fast` with eta > 0 on a single noise level (one step to 0): k-diffusion (and so ComfyUI)
+  raises ValueError, and so do we.
 - churn (`s_churn` of euler/heun/dpm_2): ComfyUI draws churn noise only on steps where gamma > 0,
   upstream draws every step; compared with all steps inside [s_tmin, s_tmax] so both draw alike.
 """
@@ -64,6 +69,11 @@ def _schedules():
         "normal_to_0": normal,
         "karras_ends_early": karras[:-1],  # ends at sigma_min > 0 (KSamplerAdvanced leftover noise)
         "normal_ends_early": normal[:5],
+        # one and two steps: how turbo / LCM-style workflows sample
+        "one_step_to_0": calculate_sigmas(ms, "normal", 1).double(),
+        "one_step_ends_early": normal[:2],
+        "two_steps_to_0": get_sigmas_karras(2, float(ms.sigma_min), float(ms.sigma_max)).double(),
+        "two_steps_ends_early": normal[3:6],
     }
 
 
@@ -111,7 +121,9 @@ def _run_pair(name, sigmas, noise_kind=None, denoise_last_like_comfy=False, **op
 
     ours = samplers.get_sampler(name)(toy_denoiser, x.clone(), sigmas, disable=True, **noise_for(), **options)
     ref_fn = getattr(K, f"sample_{name}")
-    if denoise_last_like_comfy and sigmas[-1] == 0:
+    if name in ("dpmpp_2m_sde", "dpmpp_3m_sde") and sigmas[1] == 0:  # see the module docstring
+        ref = toy_denoiser(x.clone(), sigmas[0] * x.new_ones([x.shape[0]]))
+    elif denoise_last_like_comfy and sigmas[-1] == 0:
         ref = ref_fn(toy_denoiser, x.clone(), sigmas[:-1], disable=True, **noise_for(), **options)
         ref = toy_denoiser(ref, sigmas[-2] * ref.new_ones([ref.shape[0]]))
     else:
@@ -154,8 +166,7 @@ def test_dpmpp_2m_sde_heun_registry_name_uses_heun_solver(schedule):
     x = _x0(sigmas)
     ours = samplers.get_sampler("dpmpp_2m_sde_heun")(toy_denoiser, x.clone(), sigmas,
                                                       noise_sampler=_brownian_noise(x, sigmas))
-    ref = K.sample_dpmpp_2m_sde(toy_denoiser, x.clone(), sigmas, disable=True,
-                                noise_sampler=_brownian_noise(x, sigmas), solver_type="heun")
+    ref = _run_pair("dpmpp_2m_sde", sigmas, "brownian", solver_type="heun")[1]
     assert_agree(ours, ref)
 
 
@@ -199,6 +210,14 @@ def test_dpm_fast_matches_kdiffusion_called_like_comfy(schedule, eta):
     x = _x0(sigmas)
     sigma_min = sigmas[-1] if sigmas[-1] > 0 else sigmas[-2]
     opts = {"eta": eta} if eta else {}
+    if eta and sigma_min == sigmas[0]:  # a single noise level: both refuse (module docstring)
+        with pytest.raises(ValueError, match="eta must be 0"):
+            samplers.get_sampler("dpm_fast")(toy_denoiser, x.clone(), sigmas, noise_sampler=_ancestral_noise(x),
+                                             **opts)
+        with default_dtype(torch.float64), pytest.raises(ValueError, match="eta must be 0"):
+            K.sample_dpm_fast(toy_denoiser, x.clone(), float(sigma_min), float(sigmas[0]), 1, disable=True,
+                              noise_sampler=_ancestral_noise(x), **opts)
+        return
     ours = samplers.get_sampler("dpm_fast")(toy_denoiser, x.clone(), sigmas, noise_sampler=_ancestral_noise(x),
                                             **opts)
     with default_dtype(torch.float64):
@@ -207,7 +226,8 @@ def test_dpm_fast_matches_kdiffusion_called_like_comfy(schedule, eta):
     assert_agree(ours, ref)
 
 
-@pytest.mark.parametrize("schedule", ["karras_to_0", "normal_ends_early"])
+@pytest.mark.parametrize("schedule", ["karras_to_0", "normal_ends_early", "one_step_to_0", "two_steps_to_0",
+                                      "two_steps_ends_early"])
 @pytest.mark.parametrize("order", [2, 3])
 def test_dpm_adaptive_matches_kdiffusion_called_like_comfy(schedule, order):
     sigmas = SCHEDULES[schedule]
