@@ -94,7 +94,8 @@ def _expected_types(order: list[str], prompt: dict) -> list[str]:
 async def _app_client(aiohttp_client, base, registry):
     from wiring import server_context
 
-    app = build_app(parse_args(["--base-directory", str(base)]), server_context(registry), store=PromptStore())
+    app = build_app(parse_args(["--base-directory", str(base)]), server_context(registry),
+                    store=PromptStore())
     return await aiohttp_client(app)
 
 
