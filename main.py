@@ -4,7 +4,7 @@
     python main.py run WORKFLOW [options]    run a workflow headless (API/UI JSON or a PNG)
 
 Device, precision and attention flags (--cpu, --force-fp32, --attention …) work with both.
-Only argument dispatch lives here; the work is in graph/, nodes/ and server/.
+Only argument dispatch lives here; wiring.py builds what server/ and the headless runner are handed.
 """
 import sys
 
@@ -21,8 +21,9 @@ def main(argv=None) -> int:
 
         return run_main(argv[1:], registry_factory=load_registry, folder_paths=folder_paths)
     from server.app import serve_main
+    from wiring import server_setup
 
-    return serve_main(argv)
+    return serve_main(argv, server_setup)
 
 
 if __name__ == "__main__":

@@ -39,43 +39,4 @@ def load_registry(modules=None) -> NodeRegistry:
     return registry
 
 
-_runner = None
-
-
-def run_workflow(workflow, overrides=None):
-    """Run a workflow (dict, JSON/PNG path or PNG bytes) with every built-in node.
-
-    Returns a graph.runner.RunResult (`.outputs` per node, `.files(folder_paths)`); raises
-    graph.runner.RunError with a readable message. One runner is kept for the process, so its
-    cache and loaded models are reused: a second call with one value changed re-runs only what
-    depends on it.
-    """
-    global _runner
-    if _runner is None:
-        from graph.runner import Runner
-
-        _runner = Runner(load_registry())
-    return _runner.run(workflow, overrides=overrides)
-
-
-def after_prompt() -> None:
-    """Between prompts: models stay loaded unless --disable-smart-memory asked otherwise."""
-    import sys
-
-    memory = sys.modules.get("diffusion.memory")
-    if memory is not None:
-        memory.cleanup_after_prompt()
-
-
-def unload_models() -> None:
-    """Drop every loaded model from memory (POST /free). Imported lazily: the server calls this
-    without loading the model runtime when nothing was ever loaded."""
-    import sys
-
-    memory = sys.modules.get("diffusion.memory")
-    if memory is not None:
-        memory.unload_all_models()
-
-
-__all__ = ["BUILTIN_MODULES", "NodeRegistry", "after_prompt", "folder_paths", "load_registry",
-           "run_workflow", "unload_models"]
+__all__ = ["BUILTIN_MODULES", "NodeRegistry", "folder_paths", "load_registry"]

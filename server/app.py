@@ -1,5 +1,5 @@
-"""The aiohttp application: wiring of routes, middlewares, the WebSocket hub, the worker and the
-durable store; and `serve_main(argv)`, the `python main.py` entry."""
+"""The aiohttp application: routes, middlewares, the WebSocket hub, the worker and the durable store,
+built from the ServerContext main.py hands in; and `serve_main(argv, setup)`, the `python main.py` entry."""
 from __future__ import annotations
 
 import logging
@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Callable
 
 from aiohttp import web
 
@@ -18,7 +19,7 @@ from .errors import error_middleware, json_response, log
 from .openapi import build_openapi
 from .routing import Route, RouteTable
 from .security import make_security_middleware
-from .state import STATE, ServerState
+from .state import STATE, ServerContext, ServerState
 from .worker import PromptWorker
 from .ws import Hub
 
@@ -56,23 +57,22 @@ def make_executor(registry, opts: ServerOptions):
     return Executor(registry, cache=make_cache(**opts.cache_policy))
 
 
-def build_app(opts: ServerOptions, *, registry, folder_paths, store: PromptStore | None = None,
-              executor=None, web_root: str | None = None, unload_models=None,
-              after_prompt=None) -> web.Application:
-    """Everything but the listening socket. Tests pass their own registry/store/executor."""
+def build_app(opts: ServerOptions, context: ServerContext, *, store: PromptStore | None = None,
+              executor=None, web_root: str | None = None) -> web.Application:
+    """Everything but the listening socket. Tests pass their own context/store/executor."""
     if store is None:
         store = PromptStore(":memory:", max_history=opts.max_history)
     if executor is None:
-        executor = make_executor(registry, opts)
-    state = ServerState(opts=opts, store=store, registry=registry, folder_paths=folder_paths,
-                        web_root=web_root)
+        executor = make_executor(context.registry, opts)
+    state = ServerState(opts=opts, store=store, registry=context.registry,
+                        folder_paths=context.folder_paths, web_root=web_root)
     completions = run_api.Completions()
     state.completions = completions
     hub = Hub(lambda: {"exec_info": {"queue_remaining": store.queue_remaining()}},
               opts.max_upload_bytes)
     worker = PromptWorker(store, hub, executor, preview_size=opts.preview_size,
                           preview_method=opts.preview_method, on_finished=completions.finished,
-                          unload_models=unload_models, after_prompt=after_prompt)
+                          unload_models=context.unload_models, after_prompt=context.after_prompt)
     hub.running_node_for = worker.running_node_for
     state.hub, state.worker = hub, worker
     store.on_change = hub.broadcast_status
@@ -111,28 +111,9 @@ def build_app(opts: ServerOptions, *, registry, folder_paths, store: PromptStore
     return app
 
 
-def configure_folders(opts: ServerOptions, folder_paths) -> None:
-    """Apply the directory options to folder_paths, then the extra model path YAML files."""
-    from nodes.extra_model_paths import load_extra_model_paths
-
-    if opts.base_directory:
-        folder_paths.set_base_path(os.path.abspath(opts.base_directory))
-    for flag, setter in (("output_directory", "set_output_directory"),
-                         ("input_directory", "set_input_directory"),
-                         ("user_directory", "set_user_directory")):
-        value = getattr(opts, flag)
-        if value:
-            getattr(folder_paths, setter)(os.path.abspath(value))
-    if opts.temp_directory:
-        folder_paths.set_temp_directory(os.path.join(os.path.abspath(opts.temp_directory), "temp"))
-    default_yaml = Path(__file__).resolve().parent.parent / "extra_model_paths.yaml"
-    configs = ([str(default_yaml)] if default_yaml.is_file() else []) + list(opts.extra_model_paths_config)
-    for config in configs:
-        load_extra_model_paths(config, folder_paths)
-    folder_paths.add_output_model_paths()
-
-
-def serve_main(argv: list[str], registry=None, folder_paths=None) -> int:
+def serve_main(argv: list[str], setup: Callable[[ServerOptions], ServerContext]) -> int:
+    """`python main.py [options]`. `setup(opts)` is main.py's wiring: it applies the folder options
+    (ValueError/OSError for bad ones) and returns the context; called once the options are checked."""
     try:
         opts = parse_args(argv)
     except ArgsError as e:
@@ -140,31 +121,20 @@ def serve_main(argv: list[str], registry=None, folder_paths=None) -> int:
         return 2
     logging.basicConfig(level=getattr(logging, str(opts.verbose).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if folder_paths is None:
-        from nodes import folder_paths
     try:
-        configure_folders(opts, folder_paths)
         web_root = routes_system.web_root_from(opts)
+        context = setup(opts)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if registry is None:
-        from nodes import load_registry
-        registry = load_registry()
-    if opts.disable_metadata:
-        import nodes.image_nodes
-
-        nodes.image_nodes.DISABLE_METADATA = True
+    folder_paths = context.folder_paths
     for getter in ("get_input_directory", "get_output_directory", "get_user_directory"):
         os.makedirs(getattr(folder_paths, getter)(), exist_ok=True)
     temp = folder_paths.get_temp_directory()
     shutil.rmtree(temp, ignore_errors=True)  # previews are throwaway, as in ComfyUI
     db_path = opts.database or os.path.join(folder_paths.get_user_directory(), "queue.sqlite3")
     store = PromptStore(db_path, max_history=opts.max_history)
-    import nodes  # model housekeeping (POST /free, between prompts) is the nodes package's business
-    app = build_app(opts, registry=registry, folder_paths=folder_paths, store=store, web_root=web_root,
-                    unload_models=getattr(nodes, "unload_models", None),
-                    after_prompt=getattr(nodes, "after_prompt", None))
+    app = build_app(opts, context, store=store, web_root=web_root)
     log.info("latentgraph serving on %s port %d (queue: %s)", ",".join(opts.hosts), opts.port, db_path)
     try:
         web.run_app(app, host=opts.hosts, port=opts.port, print=None, handle_signals=True)

@@ -45,6 +45,20 @@ async def read_json(request: web.Request, *, default=..., expect=dict):
     return data
 
 
+def query_int(request: web.Request, name: str, minimum: int, default: int | None = None) -> int | None:
+    """An integer query parameter of at least `minimum`; `default` when it is absent or empty."""
+    value = request.query.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        raise ApiError(400, f"query parameter {name!r} must be an integer, got {value!r}") from None
+    if n < minimum:
+        raise ApiError(400, f"query parameter {name!r} must be >= {minimum}, got {n}")
+    return n
+
+
 def _reject(request: web.Request, status: int, message: str) -> None:
     log.warning("rejected %s %s -> %d: %s", request.method, request.path_qs[:200], status, message)
 

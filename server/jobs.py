@@ -7,7 +7,7 @@ from aiohttp import web
 
 from graph.queue import ERROR, INTERRUPTED, PENDING, RUNNING, SUCCESS, QueueError, QueueItem
 
-from .errors import ApiError, json_response
+from .errors import ApiError, json_response, query_int
 from .routing import RouteTable
 from .state import state_of
 
@@ -15,6 +15,19 @@ routes = RouteTable("jobs")
 JOB_STATUS = {PENDING: "pending", RUNNING: "in_progress", SUCCESS: "completed", ERROR: "failed",
               INTERRUPTED: "cancelled"}
 STATUSES = ("pending", "in_progress", "completed", "failed", "cancelled")
+
+
+def job_status(item: QueueItem) -> str:
+    """The job-view name of a queue state (pending, in_progress, completed, failed, cancelled)."""
+    return JOB_STATUS.get(item.state, item.state)
+
+
+def job_from_path(request: web.Request) -> QueueItem:
+    """The job named by the path's {job_id}; 404 if the store does not know it."""
+    item = state_of(request).store.get(request.match_info["job_id"])
+    if item is None:
+        raise ApiError(404, "Job not found")
+    return item
 
 
 def _file_outputs(item: QueueItem):
@@ -57,7 +70,7 @@ def job_summary(item: QueueItem) -> dict:
                    "mediaType": key if key != "animated" else "images"}
     return {
         "id": item.prompt_id,
-        "status": JOB_STATUS.get(item.state, item.state),
+        "status": job_status(item),
         "priority": item.as_tuple()[0],
         "create_time": item.extra_data.get("create_time", item.create_time),
         "execution_start_time": item.start_time,
@@ -79,19 +92,6 @@ def job_detail(item: QueueItem) -> dict:
     return job
 
 
-def _int_param(request, name: str, default: int | None, minimum: int) -> int | None:
-    value = request.query.get(name)
-    if value is None or value == "":
-        return default
-    try:
-        n = int(value)
-    except ValueError:
-        raise ApiError(400, f"{name} must be an integer, got {value!r}") from None
-    if n < minimum:
-        raise ApiError(400, f"{name} must be >= {minimum}, got {n}")
-    return n
-
-
 @routes.get("/api/jobs", "Jobs (pending, running and finished) with filters and paging")
 async def list_jobs(request: web.Request):
     q = request.query
@@ -107,7 +107,7 @@ async def list_jobs(request: web.Request):
     sort_order = q.get("sort_order", "desc")
     if sort_order not in ("asc", "desc"):
         raise ApiError(400, f"sort_order must be asc or desc, got {sort_order!r}")
-    offset = _int_param(request, "offset", 0, 0)
+    offset = query_int(request, "offset", 0, default=0)
     jobs = [job_summary(i) for i in state_of(request).store.all_items()]
     if wanted is not None:
         jobs = [j for j in jobs if j["status"] in wanted]
@@ -119,7 +119,7 @@ async def list_jobs(request: web.Request):
         key = lambda j: ((j["execution_end_time"] or 0) - (j["execution_start_time"] or 0), j["id"])  # noqa: E731
     jobs.sort(key=key, reverse=sort_order == "desc")
     total = len(jobs)
-    limit = _int_param(request, "limit", max(total - offset, 0), 1)
+    limit = query_int(request, "limit", 1, default=max(total - offset, 0))
     page = jobs[offset: offset + limit]
     return json_response({"jobs": page, "pagination": {"offset": offset, "limit": limit, "total": total,
                                                       "has_more": offset + len(page) < total}})
@@ -127,37 +127,28 @@ async def list_jobs(request: web.Request):
 
 @routes.get("/api/jobs/{job_id}", "One job with outputs and workflow")
 async def get_job(request: web.Request):
-    item = state_of(request).store.get(request.match_info["job_id"])
-    if item is None:
-        return json_response({"error": "Job not found"}, status=404)
-    return json_response(job_detail(item))
+    return json_response(job_detail(job_from_path(request)))
 
 
 @routes.post("/api/jobs/{job_id}/cancel", "Cancel a job: pending ones are removed, a running one interrupted")
 async def cancel_job(request: web.Request):
     state = state_of(request)
-    job_id = request.match_info["job_id"]
-    item = state.store.get(job_id)
-    if item is None:
-        return json_response({"error": "Job not found"}, status=404)
+    item = job_from_path(request)
+    job_id = item.prompt_id
     if item.state == PENDING:
         state.store.delete_pending([job_id])
         return json_response({"id": job_id, "status": "cancelled"})
     if item.state == RUNNING and state.worker is not None:
         state.worker.interrupt(job_id)
         return json_response({"id": job_id, "status": "cancelling"})
-    raise ApiError(409, f"job {job_id!r} is already {JOB_STATUS.get(item.state, item.state)}")
+    raise ApiError(409, f"job {job_id!r} is already {job_status(item)}")
 
 
 @routes.post("/api/jobs/{job_id}/requeue", "Queue a finished (e.g. interrupted) job again under the same id")
 async def requeue_job(request: web.Request):
-    state = state_of(request)
-    job_id = request.match_info["job_id"]
-    item = state.store.get(job_id)
-    if item is None:
-        return json_response({"error": "Job not found"}, status=404)
+    job_id = job_from_path(request).prompt_id
     try:
-        item = state.store.requeue(job_id)
+        item = state_of(request).store.requeue(job_id)
     except QueueError as e:
         raise ApiError(409, str(e)) from None
     return json_response({"id": job_id, "status": "pending", "number": item.as_tuple()[0]})

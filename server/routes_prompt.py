@@ -11,7 +11,7 @@ from aiohttp import web
 
 from graph.queue import QueueError, now_ms
 
-from .errors import ApiError, json_response, log, read_json
+from .errors import ApiError, json_response, log, query_int, read_json
 from .routing import RouteTable
 from .state import ServerState, state_of
 
@@ -161,15 +161,20 @@ def _id_list(body: dict, key: str) -> list[str]:
     return ids
 
 
+async def _clear_or_delete(request: web.Request, clear, delete) -> web.Response:
+    """POST /queue and /history: {"clear": true} empties, {"delete": [ids]} removes some."""
+    body = await read_json(request, default={})
+    if body.get("clear"):
+        clear()
+    if "delete" in body:
+        delete(_id_list(body, "delete"))
+    return web.Response(status=200)
+
+
 @routes.post("/queue", "Clear or delete pending prompts")
 async def post_queue(request: web.Request):
-    body = await read_json(request, default={})
     store = state_of(request).store
-    if body.get("clear"):
-        store.clear_pending()
-    if "delete" in body:
-        store.delete_pending(_id_list(body, "delete"))
-    return web.Response(status=200)
+    return await _clear_or_delete(request, store.clear_pending, store.delete_pending)
 
 
 @routes.post("/interrupt", "Interrupt the running prompt (optionally only if it is prompt_id)")
@@ -197,23 +202,10 @@ async def post_free(request: web.Request):
     return web.Response(status=200)
 
 
-def _int_query(request: web.Request, name: str, minimum: int) -> int | None:
-    value = request.query.get(name)
-    if value is None:
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise ApiError(400, f"query parameter {name!r} must be an integer, got {value!r}") from None
-    if n < minimum:
-        raise ApiError(400, f"query parameter {name!r} must be >= {minimum}, got {n}")
-    return n
-
-
 @routes.get("/history", "Finished prompts, oldest first")
 async def get_history(request: web.Request):
-    max_items = _int_query(request, "max_items", 0)
-    offset = _int_query(request, "offset", 0)
+    max_items = query_int(request, "max_items", 0)
+    offset = query_int(request, "offset", 0)
     return json_response(state_of(request).store.history(max_items, offset))
 
 
@@ -227,13 +219,8 @@ async def get_history_item(request: web.Request):
 
 @routes.post("/history", "Clear or delete history entries")
 async def post_history(request: web.Request):
-    body = await read_json(request, default={})
     store = state_of(request).store
-    if body.get("clear"):
-        store.clear_history()
-    if "delete" in body:
-        store.delete_history(_id_list(body, "delete"))
-    return web.Response(status=200)
+    return await _clear_or_delete(request, store.clear_history, store.delete_history)
 
 
 @routes.get("/object_info", "Definitions of all node classes")

@@ -11,7 +11,7 @@ from aiohttp import web
 from graph.queue import FINISHED_STATES, QueueItem
 
 from .errors import ApiError, json_response, log, read_json
-from .jobs import JOB_STATUS
+from .jobs import job_status
 from .routes_prompt import submit
 from .routing import RouteTable
 from .security import resolve_inside
@@ -68,7 +68,7 @@ class Completions:
 
 def result_body(item: QueueItem) -> dict:
     status = item.status or {}
-    return {"prompt_id": item.prompt_id, "status": JOB_STATUS.get(item.state, item.state),
+    return {"prompt_id": item.prompt_id, "status": job_status(item),
             "completed": bool(status.get("completed")), "outputs": item.outputs,
             "messages": status.get("messages", [])}
 
@@ -141,7 +141,7 @@ async def run(request: web.Request):
             completions.forget(item.prompt_id, fut)
             now = state.store.get(item.prompt_id)
             return json_response({"prompt_id": item.prompt_id, "timed_out": True,
-                                  "status": JOB_STATUS.get(now.state, now.state) if now else "unknown"},
+                                  "status": job_status(now) if now else "unknown"},
                                  status=202)
     result = result_body(done)
     result["node_errors"] = response["node_errors"]

@@ -1,20 +1,31 @@
-"""What every handler needs, bundled in one object stored on the aiohttp app."""
+"""What every handler needs, bundled in one object stored on the aiohttp app; and what main.py
+hands the server to build it from."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Optional
 
 from aiohttp import web
 
 from graph.queue import PromptStore
 
 
+@dataclass(frozen=True)
+class ServerContext:
+    """The node side, handed in by main.py: server/ imports neither nodes/ nor diffusion/ (DESIGN.md)."""
+
+    registry: Any                  # get_class, object_info, object_info_for, class_types
+    folder_paths: Any              # the folder_paths module or a stand-in with its API
+    unload_models: Optional[Callable[[], None]] = None  # POST /free, and after an out-of-memory error
+    after_prompt: Optional[Callable[[], None]] = None   # model housekeeping between prompts
+
+
 @dataclass
 class ServerState:
     opts: Any                      # server.args.ServerOptions
     store: PromptStore
-    registry: Any                  # nodes.registry.NodeRegistry or a stand-in (get_class, object_info…)
-    folder_paths: Any              # the nodes.folder_paths module (or a stand-in with its API)
+    registry: Any                  # ServerContext.registry
+    folder_paths: Any              # ServerContext.folder_paths
     hub: Any = None                # server.ws.Hub
     worker: Any = None             # server.worker.PromptWorker
     completions: Any = None        # server.run_api.Completions

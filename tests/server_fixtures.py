@@ -10,7 +10,18 @@ import pytest_asyncio
 from graph.queue import PromptStore
 from server.app import build_app
 from server.args import parse_args
+from server.state import ServerContext
 from tests.server_nodes import FakeFolderPaths, SaveText, make_executor, make_registry
+
+
+def make_app(folder_paths, argv=(), *, store=None, executor=None, web_root=None, **hooks):
+    """The app with the test nodes, handed a ServerContext as main.py hands one: their registry,
+    `folder_paths` and the housekeeping `hooks` given (unload_models, after_prompt)."""
+    registry = make_registry()
+    return build_app(parse_args(list(argv)), ServerContext(registry, folder_paths, **hooks),
+                     store=store if store is not None else PromptStore(),
+                     executor=executor if executor is not None else make_executor(registry),
+                     web_root=web_root)
 
 
 @pytest.fixture
@@ -25,11 +36,7 @@ async def make_client(env, aiohttp_client):
     """make_client(argv=(), store=None) -> aiohttp TestClient on a fresh app."""
 
     async def factory(argv=(), store=None, web_root=None):
-        opts = parse_args(list(argv))
-        registry = make_registry()
-        app = build_app(opts, registry=registry, folder_paths=env, store=store or PromptStore(),
-                        executor=make_executor(registry), web_root=web_root)
-        return await aiohttp_client(app)
+        return await aiohttp_client(make_app(env, argv, store=store, web_root=web_root))
 
     return factory
 

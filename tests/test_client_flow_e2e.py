@@ -92,9 +92,9 @@ def _expected_types(order: list[str], prompt: dict) -> list[str]:
 
 
 async def _app_client(aiohttp_client, base, registry):
-    from nodes import folder_paths
+    from wiring import server_context
 
-    app = build_app(parse_args(["--base-directory", str(base)]), registry=registry, folder_paths=folder_paths,
+    app = build_app(parse_args(["--base-directory", str(base)]), server_context(registry),
                     store=PromptStore())
     return await aiohttp_client(app)
 

@@ -1,4 +1,5 @@
-"""The import arrows of DESIGN.md: graph/ and diffusion/ stay independent of what sits above them."""
+"""The import arrows of DESIGN.md: graph/ and diffusion/ stay independent of what sits above them, and
+server/ reads only what main.py hands it (no nodes/, no diffusion/)."""
 import ast
 import os
 
@@ -8,6 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FORBIDDEN = {
     "graph": {"torch", "nodes", "diffusion", "server"},
     "diffusion": {"graph", "nodes", "server"},
+    "server": {"nodes", "diffusion"},
 }
 
 

@@ -6,6 +6,7 @@ import pytest
 from server.app import serve_main
 from server.args import parse_args
 from tests.server_fixtures import client, env, make_client, wait_history  # noqa: F401
+from wiring import configure_folders, server_setup
 
 
 def test_cache_flags_map_to_policies():
@@ -29,9 +30,10 @@ def test_directory_and_misc_flags(tmp_path):
 
 
 def test_serve_main_refuses_open_bind_and_bad_front_end_root(capsys, tmp_path):
-    assert serve_main(["--listen", "0.0.0.0"]) == 2
+    assert serve_main(["--listen", "0.0.0.0"], server_setup) == 2
     assert "--auth-token" in capsys.readouterr().err
-    assert serve_main(["--front-end-root", str(tmp_path / "missing"), "--base-directory", str(tmp_path)]) == 2
+    assert serve_main(["--front-end-root", str(tmp_path / "missing"), "--base-directory", str(tmp_path)],
+                      server_setup) == 2
     assert "not a directory" in capsys.readouterr().err
 
 
@@ -72,8 +74,6 @@ class RecordingFolderPaths:
 
 
 def test_configure_folders_applies_flags_then_yaml(tmp_path):
-    from server.app import configure_folders
-
     yaml_file = tmp_path / "extra.yaml"
     yaml_file.write_text("s:\n  base_path: /m\n  loras: l\n")
     fp = RecordingFolderPaths()

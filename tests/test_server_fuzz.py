@@ -12,19 +12,15 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from graph.queue import PromptStore
-from server.app import build_app
-from server.args import parse_args
-from tests.server_nodes import FakeFolderPaths, make_executor, make_registry
+from tests.server_fixtures import make_app
+from tests.server_nodes import FakeFolderPaths
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     """Base URL of a server running in its own thread and event loop."""
     fp = FakeFolderPaths(tmp_path_factory.mktemp("fuzz"))
-    registry = make_registry()
-    app = build_app(parse_args([]), registry=registry, folder_paths=fp, store=PromptStore(),
-                    executor=make_executor(registry))
+    app = make_app(fp)
     loop = asyncio.new_event_loop()
     started = threading.Event()
     box = {}

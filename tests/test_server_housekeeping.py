@@ -3,22 +3,15 @@ import asyncio
 
 import pytest
 
-from graph.queue import PromptStore
-from server.app import build_app
-from server.args import parse_args
-from tests.server_fixtures import chain, env, wait_history  # noqa: F401  (env is a fixture)
-from tests.server_nodes import make_executor, make_registry
+from tests.server_fixtures import chain, env, make_app, wait_history  # noqa: F401  (env is a fixture)
 
 pytestmark = pytest.mark.asyncio
 
 
 async def test_after_prompt_and_free_hooks_are_called(env, aiohttp_client):  # noqa: F811
     calls = []
-    registry = make_registry()
-    app = build_app(parse_args([]), registry=registry, folder_paths=env, store=PromptStore(),
-                    executor=make_executor(registry),
-                    unload_models=lambda: calls.append("unload"),
-                    after_prompt=lambda: calls.append("after"))
+    app = make_app(env, unload_models=lambda: calls.append("unload"),
+                   after_prompt=lambda: calls.append("after"))
     client = await aiohttp_client(app)
     for value in (1, 2):
         r = await client.post("/prompt", json={"prompt": chain(value)})
@@ -49,10 +42,8 @@ class RecordingExecutor:
 
 
 async def test_preview_method_default_means_the_server_flag(env, aiohttp_client):  # noqa: F811
-    registry = make_registry()
     executor = RecordingExecutor()
-    app = build_app(parse_args(["--preview-method", "latent2rgb"]), registry=registry,
-                    folder_paths=env, store=PromptStore(), executor=executor)
+    app = make_app(env, ["--preview-method", "latent2rgb"], executor=executor)
     client = await aiohttp_client(app)
     for extra in ({}, {"preview_method": "default"}, {"preview_method": "taesd"}):
         r = await client.post("/prompt", json={"prompt": chain(1), "extra_data": extra})
@@ -71,9 +62,7 @@ async def test_out_of_memory_unloads_models(env, aiohttp_client):  # noqa: F811
             return types.SimpleNamespace(status_str="error", completed=False, outputs={},
                                          messages=[["execution_error", error]], meta={})
 
-    registry = make_registry()
-    app = build_app(parse_args([]), registry=registry, folder_paths=env, store=PromptStore(),
-                    executor=OOMExecutor(), unload_models=lambda: calls.append("unload"))
+    app = make_app(env, executor=OOMExecutor(), unload_models=lambda: calls.append("unload"))
     client = await aiohttp_client(app)
     r = await client.post("/prompt", json={"prompt": chain(1)})
     await wait_history(client, (await r.json())["prompt_id"])

@@ -206,13 +206,9 @@ class BrokenExecutor:
 
 
 async def test_engine_failure_is_filed_as_error_and_worker_goes_on(env, aiohttp_client):
-    from graph.queue import PromptStore
-    from server.app import build_app
-    from server.args import parse_args
-    from tests.server_nodes import make_registry
+    from tests.server_fixtures import make_app
 
-    app = build_app(parse_args([]), registry=make_registry(), folder_paths=env, store=PromptStore(),
-                    executor=BrokenExecutor())
+    app = make_app(env, executor=BrokenExecutor())
     client = await aiohttp_client(app)
     ws = await connect(client, "c1")
     for _ in range(2):

@@ -1,7 +1,7 @@
-"""POST /free's unload hook: nodes.unload_models empties diffusion's loaded-model list."""
+"""POST /free's unload hook: wiring.unload_models empties diffusion's loaded-model list."""
 import torch
 
-import nodes
+import wiring
 from diffusion import memory
 from diffusion.model_patcher import ModelPatcher
 
@@ -11,5 +11,5 @@ def test_unload_models_unloads_every_loaded_model():
     patcher = ModelPatcher(net, arch="sd1", load_device="cpu", offload_device="cpu")
     memory.load_models([patcher])
     assert any(p is patcher for p in memory.loaded_models())
-    nodes.unload_models()
+    wiring.unload_models()
     assert not any(p is patcher for p in memory.loaded_models())

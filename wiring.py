@@ -1,0 +1,90 @@
+"""What main.py plugs together, in one place: the built-in node registry, the folder layout
+(--base-directory and friends, extra_model_paths.yaml) and the model housekeeping hooks, handed to
+server/ as a ServerContext; and the one-call Python API, `run_workflow`.
+
+    from wiring import run_workflow
+    result = run_workflow("workflows/default.json", overrides={"3.seed": 7})
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from nodes import folder_paths, load_registry
+from nodes.extra_model_paths import load_extra_model_paths
+from server.state import ServerContext
+
+ROOT = Path(__file__).resolve().parent
+
+
+def configure_folders(opts, folders) -> None:
+    """Apply the directory options to folder_paths, then the extra model path YAML files."""
+    if opts.base_directory:
+        folders.set_base_path(os.path.abspath(opts.base_directory))
+    for flag, setter in (("output_directory", "set_output_directory"),
+                         ("input_directory", "set_input_directory"),
+                         ("user_directory", "set_user_directory")):
+        value = getattr(opts, flag)
+        if value:
+            getattr(folders, setter)(os.path.abspath(value))
+    if opts.temp_directory:
+        folders.set_temp_directory(os.path.join(os.path.abspath(opts.temp_directory), "temp"))
+    default_yaml = ROOT / "extra_model_paths.yaml"
+    configs = ([str(default_yaml)] if default_yaml.is_file() else []) + list(opts.extra_model_paths_config)
+    for config in configs:
+        load_extra_model_paths(config, folders)
+    folders.add_output_model_paths()
+
+
+# The hooks look diffusion.memory up instead of importing it: a server that never loaded a model
+# answers POST /free and finishes prompts without importing the model runtime.
+def after_prompt() -> None:
+    """Between prompts: models stay loaded unless --disable-smart-memory asked otherwise."""
+    memory = sys.modules.get("diffusion.memory")
+    if memory is not None:
+        memory.cleanup_after_prompt()
+
+
+def unload_models() -> None:
+    """Drop every loaded model from memory (POST /free, and after an out-of-memory error)."""
+    memory = sys.modules.get("diffusion.memory")
+    if memory is not None:
+        memory.unload_all_models()
+
+
+def server_context(registry) -> ServerContext:
+    """`registry` with the built-in folders and housekeeping hooks, as the server is handed them."""
+    return ServerContext(registry, folder_paths, unload_models=unload_models, after_prompt=after_prompt)
+
+
+def server_setup(opts, registry_factory: Callable = load_registry) -> ServerContext:
+    """serve_main's `setup`: folders first (bad ones fail before the registry imports the model
+    runtime, which takes seconds), then the registry and the metadata switch."""
+    configure_folders(opts, folder_paths)
+    context = server_context(registry_factory())
+    if opts.disable_metadata:
+        from nodes import image_nodes
+
+        image_nodes.DISABLE_METADATA = True
+    return context
+
+
+_runner = None
+
+
+def run_workflow(workflow, overrides=None):
+    """Run a workflow (dict, JSON/PNG path or PNG bytes) with every built-in node.
+
+    Returns a graph.runner.RunResult (`.outputs` per node, `.files(folder_paths)`); raises
+    graph.runner.RunError with a readable message. One runner is kept for the process, so its
+    cache and loaded models are reused: a second call with one value changed re-runs only what
+    depends on it.
+    """
+    global _runner
+    if _runner is None:
+        from graph.runner import Runner
+
+        _runner = Runner(load_registry())
+    return _runner.run(workflow, overrides=overrides)
