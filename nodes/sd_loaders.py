@@ -10,8 +10,8 @@ import os
 
 import torch
 
-from diffusion import taesd
-from diffusion.checkpoint import load_checkpoint, load_vae
+from diffusion.loading import taesd
+from diffusion.loading.checkpoint import load_checkpoint, load_vae
 from nodes import folder_paths
 from nodes.spec import Combo, Out, mappings, node
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .samplers_common import (capture_uncond, lagrange_weights, report, sde_noise, setup, sigma_of_t,
+from diffusion.sampling.samplers.common import (capture_uncond, lagrange_weights, report, sde_noise, setup, sigma_of_t,
                               steps, t_of_sigma, to_d)
 
 

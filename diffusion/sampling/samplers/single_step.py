@@ -1,16 +1,15 @@
-"""Single-step samplers (k-diffusion style) and the registry of every sampler by ComfyUI name.
+"""Single-step samplers (k-diffusion style): Euler, Heun, DPM2, DPM-Solver++(2S/SDE), DDPM, LCM.
 
-Each `sample_<name>(model, x, sigmas, extra_args=None, callback=None, disable=None, **options)`
-integrates from sigmas[0] to sigmas[-1] and returns the final x. Multistep methods live in
-samplers_multistep.py, DPM-Solver in samplers_dpm_solver.py, UniPC in uni_pc.py, exponential
-integrators (RES, SEEDS, ER-SDE, gradient estimation) in samplers_exponential.py.
+Every sampler has k-diffusion's signature (see diffusion/sampling/registry.py, which names them all).
+Multistep methods live in multistep.py, DPM-Solver in dpm_solver.py, UniPC in uni_pc.py, SA-Solver in
+sa_solver.py, exponential integrators (RES, SEEDS, ER-SDE, gradient estimation) in exponential.py.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .samplers_common import (ancestral_step, capture_uncond, churn, log_lerp, report, sde_noise, setup,
+from diffusion.sampling.samplers.common import (ancestral_step, capture_uncond, churn, log_lerp, report, sde_noise, setup,
                               sigma_of_t, step_noise, steps, t_of_sigma, to_d)
 
 
@@ -318,49 +317,3 @@ def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None, n
             else:
                 x = x + noise * sigmas[i + 1]
     return x
-
-
-# -- registry ---------------------------------------------------------------------------------------
-
-# Every name ComfyUI offers, in its combo order (COMPAT §10). SAMPLER_NAMES keeps the implemented ones.
-COMPAT_SAMPLER_NAMES = [
-    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2",
-    "exp_heun_2_x0", "exp_heun_2_x0_sde", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive",
-    "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m",
-    "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu",
-    "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm", "ipndm_v", "deis", "res_multistep",
-    "res_multistep_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp",
-    "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2", "seeds_3", "sa_solver",
-    "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2",
-]
-
-# Samplers whose schedule is computed for steps+1 and loses its penultimate sigma (COMPAT §10).
-DISCARD_PENULTIMATE_SIGMA = frozenset({"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"})
-
-
-def _registry() -> dict:
-    from . import sa_solver, samplers_dpm_solver, samplers_exponential, samplers_multistep, uni_pc
-
-    table = {}
-    for namespace in (globals(), vars(samplers_multistep)):
-        table.update({name[len("sample_"):]: fn for name, fn in namespace.items()
-                      if name.startswith("sample_") and callable(fn)})
-    table.update(samplers_dpm_solver.SAMPLERS)
-    table.update(samplers_exponential.SAMPLERS)
-    table.update(sa_solver.SAMPLERS)
-    table.update(uni_pc.SAMPLERS)
-    # DDIM is Euler on the same schedule; only its inpaint noise differs (see sampling.py).
-    table["ddim"] = table["euler"]
-    return table
-
-
-SAMPLERS = _registry()
-SAMPLER_NAMES = [name for name in COMPAT_SAMPLER_NAMES if name in SAMPLERS]
-
-
-def get_sampler(name: str):
-    """The sampler function for a ComfyUI sampler name."""
-    try:
-        return SAMPLERS[name]
-    except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLER_NAMES}") from None
