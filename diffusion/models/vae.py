@@ -369,23 +369,28 @@ class VAE:
     def _fits(self, height: int, width: int) -> bool:
         return self.memory_per_sample(height, width) < available_memory(self.device) * 0.8
 
+    def _batched_or_tiled(self, what: str, x: torch.Tensor, height: int, width: int, net_fn, finish, tiled):
+        """`finish(net_fn over x)` in batches that fit in memory; `tiled()` instead when one image of
+        height x width pixels does not fit, or when the device runs out of memory on the way."""
+        self._make_room(height, width)
+        if not self._fits(height, width):
+            log.info("VAE %s of %dx%d does not fit in memory; %sing in tiles", what, width, height, what[:-1])
+            return tiled()
+        step = self._batch_size(x.shape[0], height, width)
+        try:
+            return finish(torch.cat([self._run(net_fn, chunk) for chunk in x.split(step)]))
+        except torch.cuda.OutOfMemoryError:
+            log.warning("VAE %s ran out of memory; retrying in tiles", what)
+            self._empty_cache()
+            return tiled()
+
     # ---- public API ------------------------------------------------------------------------------
     def decode(self, samples: torch.Tensor) -> torch.Tensor:
         """Latents [B,C,h,w] (unscaled) -> IMAGE [B,8h,8w,3] float32 0..1 on CPU."""
         samples = check_latent(samples, self.latent_channels, "VAE decode")
         h, w = samples.shape[2] * self.downscale_ratio, samples.shape[3] * self.downscale_ratio
-        self._make_room(h, w)
-        if not self._fits(h, w):
-            log.info("VAE decode of %dx%d does not fit in memory; decoding in tiles", w, h)
-            return self.decode_tiled(samples, *self.fallback_tile)
-        step = self._batch_size(samples.shape[0], h, w)
-        try:
-            pixels = torch.cat([self._run(AutoencoderKL.decode, chunk) for chunk in samples.split(step)])
-        except torch.cuda.OutOfMemoryError:
-            log.warning("VAE decode ran out of memory; retrying in tiles")
-            self._empty_cache()
-            return self.decode_tiled(samples, *self.fallback_tile)
-        return pixels_to_image(pixels)
+        return self._batched_or_tiled("decode", samples, h, w, AutoencoderKL.decode, pixels_to_image,
+                                      lambda: self.decode_tiled(samples, *self.fallback_tile))
 
     def decode_tiled(self, samples: torch.Tensor, tile: int = 512, overlap: int = 64,
                      progress=None) -> torch.Tensor:
@@ -400,18 +405,8 @@ class VAE:
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """IMAGE [B,H,W,C] 0..1 -> latents [B,C,H/8,W/8] (posterior mode, unscaled), float32 CPU."""
         x = image_to_pixels(image, self.downscale_ratio, self.config.in_channels, "VAE encode")
-        h, w = x.shape[2], x.shape[3]
-        self._make_room(h, w)
-        if not self._fits(h, w):
-            log.info("VAE encode of %dx%d does not fit in memory; encoding in tiles", w, h)
-            return self.encode_tiled(image, *self.fallback_tile)
-        step = self._batch_size(x.shape[0], h, w)
-        try:
-            return torch.cat([self._run(AutoencoderKL.encode_mode, chunk) for chunk in x.split(step)])
-        except torch.cuda.OutOfMemoryError:
-            log.warning("VAE encode ran out of memory; retrying in tiles")
-            self._empty_cache()
-            return self.encode_tiled(image, *self.fallback_tile)
+        return self._batched_or_tiled("encode", x, x.shape[2], x.shape[3], AutoencoderKL.encode_mode,
+                                      lambda latents: latents, lambda: self.encode_tiled(image, *self.fallback_tile))
 
     def encode_tiled(self, image: torch.Tensor, tile: int = 512, overlap: int = 64,
                      progress=None) -> torch.Tensor:
