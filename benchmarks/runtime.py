@@ -72,19 +72,20 @@ def _write_safetensors(tensors: dict, path: Path) -> None:
 def step_make() -> dict:
     import torch
 
-    from diffusion.clip import ClipTextConfig, ClipTextModel
-    from diffusion.config import UNetConfig
-    from diffusion.unet import UNetModel
-    from diffusion.vae import AutoencoderKL, VAEConfig
+    from diffusion.loading.config import ClipTextConfig, UNetConfig, VAEConfig
+    from diffusion.models.clip import ClipTextModel
+    from tools.make_tiny_checkpoint import randomise_clip
+    from diffusion.models.unet import UNetModel
+    from diffusion.models.vae import AutoencoderKL
 
     torch.manual_seed(0)
     tensors = {}
     parts = (
         ("model.diffusion_model.", lambda: UNetModel(UNetConfig())),  # defaults are SD1.5's sizes
         ("first_stage_model.", lambda: AutoencoderKL(VAEConfig())),
-        ("cond_stage_model.transformer.", lambda: ClipTextModel(ClipTextConfig(
+        ("cond_stage_model.transformer.", lambda: randomise_clip(ClipTextModel(ClipTextConfig(
             layout="hf", width=768, layers=12, heads=12, vocab_size=49408, context_length=77,
-            projection_dim=None, activation="quick_gelu")).init_weights()),
+            projection_dim=None, activation="quick_gelu")))),
     )
     for prefix, build in parts:
         with torch.no_grad():
@@ -115,7 +116,7 @@ def _time(fn, repeat: int) -> float:
 def step_load(repeat: int, sizes) -> dict:
     import torch
 
-    from diffusion.checkpoint import load_checkpoint
+    from diffusion.loading.checkpoint import load_checkpoint
 
     t0 = time.perf_counter()
     model, clip, vae, arch = load_checkpoint(CHECKPOINT)
@@ -150,9 +151,11 @@ def step_unet(repeat: int, sizes, with_diffusers: bool) -> dict:
     on a shared machine hits both alike; best of `repeat` rounds."""
     import torch
 
-    from diffusion import attention, memory
-    from diffusion.checkpoint import build_unet, read_state_dict, split_state_dict
-    from diffusion.config import detect_unet_config
+    from diffusion import memory
+    from diffusion.models import attention
+    from diffusion.loading.checkpoint import build_unet, split_state_dict
+    from diffusion.loading.config import detect_unet_config
+    from diffusion.loading.files import read_state_dict
 
     memory.tune_cpu_allocator()  # as our sampler does on CPU; diffusers, in this process, gains alike
 
@@ -181,7 +184,7 @@ def step_unet(repeat: int, sizes, with_diffusers: bool) -> dict:
 def step_vae(repeat: int, sizes, pixels: int) -> dict:
     import torch
 
-    from diffusion.checkpoint import load_vae
+    from diffusion.loading.checkpoint import load_vae
 
     vae = load_vae(CHECKPOINT)
     z = torch.randn(1, 4, pixels // 8, pixels // 8, generator=torch.Generator().manual_seed(0))

@@ -105,7 +105,7 @@ def run_latentgraph(size: int, steps: int, cfg: float, spawned_at: float) -> dic
 def _tokenizer_dir() -> Path:
     """vocab.json + merges.txt for transformers' CLIPTokenizer, from the BPE file the project ships."""
     sys.path.insert(0, str(ROOT))
-    from diffusion.tokenizer import build_vocab, read_merges
+    from diffusion.text.tokenizer import build_vocab, read_merges
 
     merges = read_merges()
     vocab = build_vocab(merges)
@@ -119,15 +119,13 @@ def _tokenizer_dir() -> Path:
 def _configs(sd: dict):
     """Our UNet / VAE / CLIP sizes read from the checkpoint, to size diffusers' modules alike."""
     sys.path.insert(0, str(ROOT))
-    from diffusion.checkpoint import split_state_dict
-    from diffusion.clip import ClipTextConfig
-    from diffusion.config import detect_unet_config
-    from diffusion.vae import detect_config
+    from diffusion.loading.checkpoint import split_state_dict
+    from diffusion.loading.config import ClipTextConfig, detect_unet_config, detect_vae_config
 
     parts = split_state_dict(sd)
     prefix = "cond_stage_model.transformer."
     clip = {k[len(prefix):]: v for k, v in parts["clip"].items() if k.startswith(prefix)}
-    return (detect_unet_config(parts["unet"]), detect_config(parts["vae"]),
+    return (detect_unet_config(parts["unet"]), detect_vae_config(parts["vae"]),
             ClipTextConfig.from_state_dict(clip, activation="quick_gelu"))
 
 

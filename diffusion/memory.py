@@ -61,7 +61,7 @@ def configure(**changes) -> Settings:
     global _settings
     _settings = replace(_settings, **changes)
     if _settings.attention:
-        from .attention import set_backend
+        from diffusion.models.attention import set_backend
 
         set_backend(_settings.attention)
     return _settings
@@ -169,7 +169,7 @@ def estimate_unet_memory(config, shape, dtype=torch.float32, context_tokens: int
     attention scores. Our backends never hold a full score matrix: SDPA's CPU and CUDA kernels and
     xformers work in tiles, the sliced backend in chunks of at most SLICE_BYTES.
     """
-    from .attention import SLICE_BYTES
+    from diffusion.models.attention import SLICE_BYTES
 
     b, _, h, w = shape
     item = torch.empty((), dtype=dtype).element_size()

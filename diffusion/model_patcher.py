@@ -19,7 +19,7 @@ import uuid
 
 import torch
 
-from . import memory
+from diffusion import memory
 
 ARCH_LATENT_FORMAT = {"sd1": "SD15", "sd2": "SD15", "sdxl": "SDXL", "sdxl_refiner": "SDXL"}
 PATCH_KEY_PREFIX = "diffusion_model."
@@ -75,7 +75,7 @@ class ModelPatcher:
     @property
     def model_sampling(self):
         if self._model_sampling is None:
-            from .model_sampling import ModelSampling
+            from diffusion.sampling.model_sampling import ModelSampling
 
             self._model_sampling = ModelSampling(prediction=self.prediction)
         return self._model_sampling
@@ -83,7 +83,7 @@ class ModelPatcher:
     @property
     def latent_format(self):
         if self._latent_format is None:
-            from . import latent_formats
+            from diffusion.models import latent_formats
 
             fmt = getattr(latent_formats, ARCH_LATENT_FORMAT[self.arch])
             self._latent_format = fmt() if isinstance(fmt, type) else fmt
@@ -193,7 +193,7 @@ class ModelPatcher:
         adm = self.model.config.adm_in_channels
         if adm is None:
             return None
-        from .unet import timestep_embedding
+        from diffusion.models.unet import timestep_embedding
 
         pooled = cond.get("pooled_output")
         if pooled is None:

@@ -19,8 +19,8 @@ from typing import Callable, Iterable
 import torch
 from PIL import Image
 
-from diffusion import taesd
-from diffusion.latent_formats import LatentFormat
+from diffusion.loading import taesd
+from diffusion.models.latent_formats import LatentFormat
 
 log = logging.getLogger(__name__)
 

@@ -2,15 +2,14 @@
 
 EmptyLatentImage, VAEDecode, VAEEncode, VAEDecodeTiled, VAEEncodeTiled (COMPAT §9). Tensors follow
 COMPAT §1.6: IMAGE [B,H,W,C] float32 0..1, LATENT {"samples": [B,4,H/8,W/8]} in unscaled VAE space.
-The arithmetic (crop to multiples of 8, -1..1 mapping, tiling) lives in diffusion/vae.py.
+The arithmetic (crop to multiples of 8, -1..1 mapping, tiling) lives in diffusion/models/vae.py.
 """
 from __future__ import annotations
 
 import torch
 
+from diffusion.models.latent_formats import empty_latent
 from nodes.spec import MAX_RESOLUTION, Int, Link, Out, mappings, node
-
-LATENT_CHANNELS = 4  # SD1/SD2/SDXL, the model families the runtime loads
 
 
 def _require_vae(vae, node: str):
@@ -46,7 +45,7 @@ def _require_image(pixels, node: str) -> torch.Tensor:
               Int("batch_size", 1, min=1, max=4096, tooltip="How many latents to make.")])
 class EmptyLatentImage:
     def execute(self, width, height, batch_size=1):
-        latent = torch.zeros([batch_size, LATENT_CHANNELS, height // 8, width // 8])
+        latent = empty_latent(batch_size, width, height)
         return ({"samples": latent},)
 
 

@@ -1,17 +1,16 @@
 """Core model-file loaders: CheckpointLoaderSimple, CheckpointLoader, VAELoader.
 
 Files are looked up in the model folders (nodes/folder_paths.py, COMPAT §8) and read by
-diffusion/checkpoint.py, which detects the architecture from the keys and shapes. Loaders are ordinary
+diffusion/loading/checkpoint.py, which detects the architecture from the keys and shapes. Loaders are ordinary
 cached nodes (COMPAT §3.4): an unchanged loader is not re-run, so a file is read once per change.
 """
 from __future__ import annotations
 
 import os
 
-import torch
-
-from diffusion import taesd
-from diffusion.checkpoint import load_checkpoint, load_vae
+from diffusion.loading import taesd
+from diffusion.loading.checkpoint import load_checkpoint, load_vae
+from diffusion.models.pixel_space import PixelSpaceVAE
 from nodes import folder_paths
 from nodes.spec import Combo, Out, mappings, node
 
@@ -71,28 +70,6 @@ class CheckpointLoader:
 
     def execute(self, config_name, ckpt_name):
         return load_checkpoint_file(ckpt_name, "CheckpointLoader")
-
-
-class PixelSpaceVAE:
-    """The "pixel_space" choice of VAELoader: an identity autoencoder for models that work on pixels.
-
-    Latents are the image itself mapped to -1..1, channels first; same interface as diffusion's VAE.
-    """
-
-    downscale_ratio = 1
-    latent_channels = 3
-
-    def decode(self, samples: torch.Tensor) -> torch.Tensor:
-        return ((samples.float() + 1.0) / 2.0).clamp(0.0, 1.0).movedim(1, -1).contiguous()
-
-    def encode(self, image: torch.Tensor) -> torch.Tensor:
-        return (image[..., :3].float() * 2.0 - 1.0).movedim(-1, 1).contiguous()
-
-    def decode_tiled(self, samples, tile=512, overlap=64, progress=None):
-        return self.decode(samples)  # per-pixel: tiling changes nothing
-
-    def encode_tiled(self, image, tile=512, overlap=64, progress=None):
-        return self.encode(image)
 
 
 def _taesd_names() -> list[str]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from diffusion import previews, sampling
+from diffusion import previews
+from diffusion.sampling import ksampler as sampling
 from graph.progress import check_interrupt, current_node, report_progress
 from nodes import folder_paths
 from nodes.sd_latent import require_latent

@@ -10,6 +10,11 @@ import functools
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from diffusion.loading.config import ClipTextConfig, heads_for_width
+from diffusion.models.clip import ClipTextModel
+from diffusion.text.encoder import TOWERS
+from tools.make_tiny_checkpoint import randomise_clip
+
 VOCAB = 49408
 CONTEXT = 77
 
@@ -22,7 +27,7 @@ FULL_SIZES = {
     "G": dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
               projection_dim=1280, hidden_act="gelu"),
 }
-# Scaled-down stand-ins: 4 (or 2) heads of 16 channels, the rule diffusion.clip.heads_for_width uses.
+# Scaled-down stand-ins: 4 (or 2) heads of 16 channels, the rule diffusion.loading.config.heads_for_width uses.
 TINY_SIZES = {
     "L": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4,
               projection_dim=64, hidden_act="quick_gelu"),
@@ -149,3 +154,30 @@ def reference_outputs(model, ids: torch.Tensor):
 def max_rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a - b| relative to max |b| (a scale-free bound that does not blow up near zeros)."""
     return float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12))
+
+
+def random_text_encoder_weights(arch: str, widths: dict[str, int] | None = None, layers: int = 2,
+                                seed: int = 0, dtype=torch.float32) -> dict[str, torch.Tensor]:
+    """Random text-encoder weights for `arch` under the original checkpoint keys.
+
+    `widths` maps tower keys ("l", "h", "g") to their width (default 32 each; heads follow
+    `heads_for_width`); bigG and OpenCLIP-H get a text projection of their own width, as released.
+    The SDXL UNet's context width must equal widths["l"] + widths["g"].
+    """
+    widths = widths or {}
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        out = {}
+        for spec in TOWERS[arch]:
+            width = widths.get(spec.key, 32)
+            config = ClipTextConfig(
+                layout="hf" if spec.key == "l" else "open_clip", width=width, layers=layers,
+                heads=heads_for_width(width), vocab_size=VOCAB, context_length=CONTEXT,
+                projection_dim=None if spec.key == "l" else width, activation=spec.activation,
+            )
+            model = randomise_clip(ClipTextModel(config))
+            out.update({spec.prefix + k: v.to(dtype) for k, v in model.state_dict().items()})
+        return out
+    finally:
+        torch.random.set_rng_state(generator_state)

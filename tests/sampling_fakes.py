@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from diffusion.model_sampling import ModelSampling
+from diffusion.sampling.model_sampling import ModelSampling
 
 
 class FakeLatentFormat:

@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from diffusion import checkpoint as ck
-from diffusion.unet import UNetModel
+from diffusion.loading import checkpoint as ck, files as model_files
+from diffusion.models.unet import UNetModel
 from unet_tiny import TINY_SD1, TINY_SDXL, tiny_unet
 
 
@@ -30,7 +30,7 @@ def sd1_file(tmp_path_factory):
 
 def test_safetensors_tensors_are_views_of_one_file_mapping(sd1_file):
     path, sd = sd1_file
-    tensors, metadata = ck.read_safetensors(path)
+    tensors, metadata = model_files.read_safetensors(path)
     assert metadata == TINY_SD1.head_metadata()
     assert set(tensors) == set(sd)
     size = path.stat().st_size
@@ -88,15 +88,15 @@ class Evil:
 def test_ckpt_with_python_objects_is_refused(tmp_path):
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": Evil()}, path)
-    with pytest.raises(ck.CheckpointError, match="evil.ckpt.*refusing"):
-        ck.read_state_dict(path)
+    with pytest.raises(model_files.CheckpointError, match="evil.ckpt.*refusing"):
+        model_files.read_state_dict(path)
 
 
 def test_truncated_safetensors(tmp_path, sd1_file):
     data = sd1_file[0].read_bytes()
     path = tmp_path / "cut.safetensors"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ck.CheckpointError, match=r"cut\.safetensors.*truncated"):
+    with pytest.raises(model_files.CheckpointError, match=r"cut\.safetensors.*truncated"):
         ck.load_unet(path)
 
 
@@ -105,33 +105,33 @@ def test_truncated_safetensors(tmp_path, sd1_file):
 def test_corrupt_files(tmp_path, payload):
     path = tmp_path / "bad.safetensors"
     path.write_bytes(payload)
-    with pytest.raises(ck.CheckpointError, match=r"bad\.safetensors"):
+    with pytest.raises(model_files.CheckpointError, match=r"bad\.safetensors"):
         ck.load_checkpoint(path)
 
 
 def test_corrupt_ckpt(tmp_path):
     path = tmp_path / "bad.ckpt"
     path.write_bytes(b"PK\x03\x04 definitely not a zip")
-    with pytest.raises(ck.CheckpointError, match=r"bad\.ckpt.*truncated or corrupt"):
+    with pytest.raises(model_files.CheckpointError, match=r"bad\.ckpt.*truncated or corrupt"):
         ck.load_unet(path)
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(ck.CheckpointError, match="nope.safetensors: file not found"):
+    with pytest.raises(model_files.CheckpointError, match="nope.safetensors: file not found"):
         ck.load_checkpoint(tmp_path / "nope.safetensors")
 
 
 def test_unrecognised_contents(tmp_path):
     path = tmp_path / "other.safetensors"
     save_file({"foo.weight": torch.zeros(2, 2)}, str(path))
-    with pytest.raises(ck.CheckpointError, match="other.safetensors: holds no UNet"):
+    with pytest.raises(model_files.CheckpointError, match="other.safetensors: holds no UNet"):
         ck.load_checkpoint(path)
-    with pytest.raises(ck.CheckpointError, match="other.safetensors: holds no UNet"):
+    with pytest.raises(model_files.CheckpointError, match="other.safetensors: holds no UNet"):
         ck.load_unet(path)
     diffusers_like = tmp_path / "diffusers.safetensors"
     save_file({"conv_in.weight": torch.zeros(4, 4, 3, 3), "down_blocks.0.resnets.0.conv1.weight":
                torch.zeros(1)}, str(diffusers_like))
-    with pytest.raises(ck.CheckpointError, match="diffusers' layout"):
+    with pytest.raises(model_files.CheckpointError, match="diffusers' layout"):
         ck.load_unet(diffusers_like)
 
 
@@ -141,7 +141,7 @@ def test_unet_with_missing_tensors_names_them(tmp_path):
     del sd[dropped]
     path = tmp_path / "partial.safetensors"
     save_file(sd, str(path))
-    with pytest.raises(ck.CheckpointError, match=r"partial\.safetensors.*missing.*proj_out"):
+    with pytest.raises(model_files.CheckpointError, match=r"partial\.safetensors.*missing.*proj_out"):
         ck.load_unet(path)
 
 
@@ -150,7 +150,7 @@ def test_unet_with_wrong_shape(tmp_path):
     sd["model.diffusion_model.middle_block.0.emb_layers.1.weight"] = torch.zeros(64, 99)
     path = tmp_path / "wrong.safetensors"
     save_file(sd, str(path))
-    with pytest.raises(ck.CheckpointError, match=r"wrong\.safetensors.*emb_layers"):
+    with pytest.raises(model_files.CheckpointError, match=r"wrong\.safetensors.*emb_layers"):
         ck.load_unet(path)
 
 
@@ -164,7 +164,7 @@ def test_split_state_dict_by_prefix():
 
 def test_head_layout_metadata_overrides_convention(tmp_path):
     # 2 heads of 32 on a linear (SD2-style) model breaks the 64-per-head convention.
-    from diffusion.config import UNetConfig
+    from diffusion.loading.config import UNetConfig
     cfg = UNetConfig(model_channels=64, channel_mult=(1, 2), num_res_blocks=(1, 1), transformer_depth=(1, 1),
                      transformer_depth_output=(1, 1, 1, 1), context_dim=16, num_heads=-1,
                      num_head_channels=32, use_linear_in_transformer=True)
@@ -177,16 +177,16 @@ def test_head_layout_metadata_overrides_convention(tmp_path):
     assert torch.equal(_forward(loaded.model), _forward(net))
     save_file({"model.diffusion_model." + k: v for k, v in net.state_dict().items()}, str(path),
               metadata={"latentgraph.num_heads": "lots"})
-    with pytest.raises(ck.CheckpointError, match="latentgraph.num_heads='lots'"):
+    with pytest.raises(model_files.CheckpointError, match="latentgraph.num_heads='lots'"):
         ck.load_unet(path)
 
 
 def test_prediction_detection_for_sd2():
-    from diffusion.config import detect_unet_config
+    from diffusion.loading.config import detect_unet_config
     cfg = dict(model_channels=64, channel_mult=(1, 2), num_res_blocks=(1, 1), transformer_depth=(1, 1),
                transformer_depth_output=(1, 1, 1, 1), context_dim=16, num_heads=-1,
                num_head_channels=64, use_linear_in_transformer=True)
-    from diffusion.config import UNetConfig
+    from diffusion.loading.config import UNetConfig
     sd = tiny_unet(UNetConfig(**cfg)).state_dict()
     config = detect_unet_config(sd)
     assert config.arch == "sd2"
@@ -208,6 +208,6 @@ def test_legacy_pickle_format_loads_weights_only(tmp_path, sd1_file):
     _, sd = sd1_file
     path = tmp_path / "legacy.pt"
     torch.save(sd, path, _use_new_zipfile_serialization=False)  # no mmap possible: read normally
-    tensors, metadata = ck.read_state_dict(path)
+    tensors, metadata = model_files.read_state_dict(path)
     assert metadata == {} and set(tensors) == set(sd)
     assert all(torch.equal(tensors[k], sd[k]) for k in sd)

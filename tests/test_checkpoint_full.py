@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from diffusion import checkpoint as ck
+from diffusion.loading import checkpoint as ck, files as model_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 tiny = pytest.importorskip("make_tiny_checkpoint")
@@ -61,7 +61,7 @@ def test_checkpoint_missing_a_part(tmp_path, files):
     no_vae = {k: v for k, v in sd.items() if not k.startswith(ck.VAE_PREFIX)}
     path = tmp_path / "novae.safetensors"
     save_file(no_vae, str(path), metadata=meta)
-    with pytest.raises(ck.CheckpointError, match=r"novae\.safetensors: holds no VAE"):
+    with pytest.raises(model_files.CheckpointError, match=r"novae\.safetensors: holds no VAE"):
         ck.load_checkpoint(path)
     model, clip, vae, _ = ck.load_checkpoint(path, output_vae=False)
     assert vae is None and clip is not None
@@ -74,7 +74,7 @@ def test_vae_only_and_unet_only_files(tmp_path, files):
               str(vae_path))
     assert ck.load_vae(vae_path).latent_channels == 4
     unet_path = _unet_only(tmp_path, sd, meta)
-    with pytest.raises(ck.CheckpointError, match=r"unet\.safetensors: holds no VAE"):
+    with pytest.raises(model_files.CheckpointError, match=r"unet\.safetensors: holds no VAE"):
         ck.load_vae(unet_path)
     assert ck.load_unet(unet_path).arch == "sd1"
 

@@ -7,11 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffusion.checkpoint import CheckpointError
-from diffusion.text_encoders import (
-    BOS, EOS, TextEncoderError, clip_from_state_dict, clip_from_text_encoder_files, empty_tokens,
-    load_text_encoders,
-)
+from diffusion.loading.files import CheckpointError
+from diffusion.loading.checkpoint import load_text_encoders
+from diffusion.loading.text_encoders import clip_from_state_dict, clip_from_text_encoder_files
+from diffusion.text.encoder import BOS, EOS, TextEncoderError, empty_tokens
 from tests.clip_reference import (
     TINY_SIZES, checkpoint_text_weights, final_norm_of, hf_layout, hf_model, max_rel_err, open_clip_layout,
     reference_outputs, with_prefix,
@@ -328,7 +327,7 @@ def test_patches_apply_to_a_clone_only(checkpoints):
 
 
 def test_checkpoint_module_loads_text_encoder_files(tmp_path, refs):
-    from diffusion import checkpoint
+    from diffusion.loading import checkpoint
 
     path = tmp_path / "clip_l.safetensors"
     save_file({k: v.contiguous() for k, v in hf_layout(refs["L"].state_dict()).items()}, str(path))
@@ -351,7 +350,8 @@ def test_cuda_fp16_matches_cpu(checkpoints):
 
 @pytest.mark.parametrize("arch", ["sd1", "sd2", "sdxl", "sdxl_refiner"])
 def test_random_weights_load_as_checkpoints(arch):
-    from diffusion.text_encoders import TOWERS, random_text_encoder_weights
+    from diffusion.text.encoder import TOWERS
+    from tests.clip_reference import random_text_encoder_weights
 
     sd = random_text_encoder_weights(arch, widths={"l": 32, "g": 64}, layers=2, seed=5)
     assert all(k.startswith(tuple(s.prefix for s in TOWERS[arch])) for k in sd)

@@ -33,7 +33,8 @@ def test_conflicting_flags_are_refused():
 
 
 def test_apply_configures_the_runtime():
-    from diffusion import attention, memory
+    from diffusion import memory
+    from diffusion.models import attention
 
     before = memory.get_settings()
     try:

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from diffusion import memory
-from diffusion.noise import prepare_noise
-from diffusion.sampling import sample
+from diffusion.sampling.noise import prepare_noise
+from diffusion.sampling.ksampler import sample
 from sampling_fakes import GaussianModel, cond
 
 glibc_only = pytest.mark.skipif(memory._glibc() is None, reason="needs glibc's mallopt/malloc_trim")

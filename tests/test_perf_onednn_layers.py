@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion import unet as U
+from diffusion.models import unet as U
 from unet_tiny import tiny_unet
 
 REL_TOL = 1e-5

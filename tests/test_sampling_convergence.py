@@ -7,8 +7,8 @@ steps at their order's rate; stochastic samplers must produce samples with mean 
 import pytest
 import torch
 
-from diffusion.noise import prepare_noise
-from diffusion.sampling import SAMPLER_NAMES, sample, sampling_sigmas
+from diffusion.sampling.noise import prepare_noise
+from diffusion.sampling.ksampler import SAMPLER_NAMES, sample, sampling_sigmas
 from sampling_fakes import GaussianModel, cond
 
 S, MU = 0.5, 0.7

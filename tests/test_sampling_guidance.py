@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion.guidance import CFGDenoiser, InpaintDenoiser, prepare_mask
+from diffusion.sampling.guidance import CFGDenoiser, InpaintDenoiser, prepare_mask
 from sampling_fakes import GaussianModel, cond
 
 S = 0.5
@@ -162,7 +162,7 @@ def test_prepare_mask_resizes_and_broadcasts():
 
 def test_gpu_forwards_are_split_when_memory_is_short(monkeypatch):
     """On CUDA, cond and uncond share a forward only while the estimated activations fit."""
-    import diffusion.memory as memory
+    from diffusion import memory
 
     model = GaussianModel(s=S)
     model.memory_required = lambda shape: 100 * shape[0]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from diffusion.model_sampling import ModelSampling
+from diffusion.sampling.model_sampling import ModelSampling
 
 
 def test_sigma_table_extremes_match_compat():

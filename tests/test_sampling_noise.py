@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from diffusion.noise import BrownianTreeNoiseSampler, brownian_noise_sampler, default_noise_sampler, prepare_noise
+from diffusion.sampling.noise import BrownianTreeNoiseSampler, brownian_noise_sampler, default_noise_sampler, prepare_noise
 
 
 def test_seed0_reference_values():

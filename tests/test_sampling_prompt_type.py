@@ -4,9 +4,9 @@ import types
 
 import torch
 
-from diffusion.guidance import resolve_conditioning
+from diffusion.sampling.guidance import resolve_conditioning
 from diffusion.model_patcher import ModelPatcher
-from diffusion.model_sampling import ModelSampling
+from diffusion.sampling.model_sampling import ModelSampling
 
 
 def refiner_patcher(pooled_width=8, per_value=4):

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from diffusion.model_sampling import ModelSampling
-from diffusion.samplers import get_sampler
-from diffusion.samplers_multistep import deis_weights, _vp_time
-from diffusion.schedulers import get_sigmas_karras
+from diffusion.sampling.model_sampling import ModelSampling
+from diffusion.sampling.registry import get_sampler
+from diffusion.sampling.samplers.multistep import deis_weights, _vp_time
+from diffusion.sampling.schedulers import get_sigmas_karras
 from sampling_fakes import denoiser_from_eps_net
 
 MS = ModelSampling()
@@ -214,7 +214,7 @@ def test_dpmpp_2m_cfg_pp_matches_reference(sigmas):
 def test_ipndm_v_published_fourth_order_differs_from_adams_bashforth():
     """Documented quirk kept for compatibility: the published order-4 correction is not AB4 even on
     uniform steps (AB4 would give 55/24 for the newest slope), while order 2 and 3 reduce to AB2/AB3."""
-    from diffusion.samplers_multistep import ipndm_v_coefficients
+    from diffusion.sampling.samplers.multistep import ipndm_v_coefficients
 
     assert ipndm_v_coefficients(-1.0, -1.0, None, None, 2) == pytest.approx([3 / 2, -1 / 2])
     assert ipndm_v_coefficients(-1.0, -1.0, -1.0, None, 3) == pytest.approx([23 / 12, -16 / 12, 5 / 12])

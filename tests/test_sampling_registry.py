@@ -4,7 +4,7 @@ import inspect
 
 import pytest
 
-from diffusion.samplers import SAMPLER_NAMES, get_sampler
+from diffusion.sampling.registry import SAMPLER_NAMES, get_sampler
 
 # COMPAT §10, copied from the spec text
 COMPAT_ORDER = (
@@ -39,7 +39,7 @@ def test_short_schedules_run(name):
     """One sigma (no step), one step to 0, one step to a non-zero sigma: finite results."""
     import torch
 
-    from diffusion.model_sampling import ModelSampling
+    from diffusion.sampling.model_sampling import ModelSampling
     from sampling_fakes import denoiser_from_eps_net
 
     model = denoiser_from_eps_net(ModelSampling())
@@ -56,7 +56,7 @@ def test_cfg_pp_without_guidance_equals_plain_sampler(plain):
     """A model without CFG hooks has uncond == output, and CFG++ reduces to its base method."""
     import torch
 
-    from diffusion.model_sampling import ModelSampling
+    from diffusion.sampling.model_sampling import ModelSampling
     from sampling_fakes import denoiser_from_eps_net
 
     model = denoiser_from_eps_net(ModelSampling())

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from diffusion.noise import prepare_noise
-from diffusion.sampling import sample, sampling_sigmas
+from diffusion.sampling.noise import prepare_noise
+from diffusion.sampling.ksampler import sample, sampling_sigmas
 from sampling_fakes import GaussianModel, cond
 
 SF = 0.5
@@ -140,7 +140,7 @@ def test_noise_shape_must_match():
 
 
 def test_empty_latent_takes_model_channels():
-    from diffusion.sampling import fix_empty_latent_channels
+    from diffusion.sampling.ksampler import fix_empty_latent_channels
 
     model = GaussianModel(scale_factor=SF)
     model.latent_format.latent_channels = 16

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from diffusion.model_sampling import ModelSampling
-from diffusion.sampling import SCHEDULER_NAMES, calculate_sigmas, sampling_sigmas
+from diffusion.sampling.model_sampling import ModelSampling
+from diffusion.sampling.ksampler import SCHEDULER_NAMES, calculate_sigmas, sampling_sigmas
 
 # COMPAT §10, 10 steps, SD1 (observed from ComfyUI 0.8), 4 decimals
 REFERENCE = {

@@ -12,8 +12,8 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from diffusion.model_sampling import ModelSampling  # noqa: E402
-from diffusion.samplers import get_sampler  # noqa: E402
+from diffusion.sampling.model_sampling import ModelSampling  # noqa: E402
+from diffusion.sampling.registry import get_sampler  # noqa: E402
 from sampling_fakes import denoiser_from_eps_net, eps_net  # noqa: E402
 
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)

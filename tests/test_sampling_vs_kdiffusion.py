@@ -39,10 +39,10 @@ import contextlib
 import pytest
 import torch
 
-from diffusion import noise as noise_mod
-from diffusion import samplers
-from diffusion.model_sampling import ModelSampling
-from diffusion.schedulers import calculate_sigmas, get_sigmas_karras
+from diffusion.sampling import noise as noise_mod
+from diffusion.sampling import registry as samplers
+from diffusion.sampling.model_sampling import ModelSampling
+from diffusion.sampling.schedulers import calculate_sigmas, get_sigmas_karras
 
 from kdiffusion_ref import require
 

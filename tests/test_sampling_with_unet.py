@@ -2,9 +2,9 @@
 
 import torch
 
-from diffusion.guidance import CFGDenoiser
-from diffusion.noise import prepare_noise
-from diffusion.sampling import sample
+from diffusion.sampling.guidance import CFGDenoiser
+from diffusion.sampling.noise import prepare_noise
+from diffusion.sampling.ksampler import sample
 from unet_tiny import TINY_SD1, TINY_SDXL, tiny_patcher
 
 

@@ -36,7 +36,7 @@ def _capture(prompt: dict, source: str, label: str) -> dict:
 
 
 def _load(name):
-    from diffusion.checkpoint import load_checkpoint
+    from diffusion.loading.checkpoint import load_checkpoint
     from nodes import folder_paths
 
     return load_checkpoint(folder_paths.get_full_path("checkpoints", name))

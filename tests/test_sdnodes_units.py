@@ -15,14 +15,14 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def sd1(tiny_checkpoint_files):  # noqa: F811
-    from diffusion.checkpoint import load_checkpoint
+    from diffusion.loading.checkpoint import load_checkpoint
 
     return load_checkpoint(tiny_checkpoint_files["sd1"])
 
 
 @pytest.fixture(scope="module")
 def sdxl(tiny_checkpoint_files):  # noqa: F811
-    from diffusion.checkpoint import load_checkpoint
+    from diffusion.loading.checkpoint import load_checkpoint
 
     return load_checkpoint(tiny_checkpoint_files["sdxl"])
 
@@ -73,7 +73,8 @@ def test_tiny_checkpoint_is_deterministic_per_seed():
 def test_tool_writes_a_loadable_file_and_refuses_to_overwrite(tmp_path, capsys):
     from tools.make_tiny_checkpoint import main
 
-    from diffusion.checkpoint import detect_arch, read_state_dict
+    from diffusion.loading.checkpoint import detect_arch
+    from diffusion.loading.files import read_state_dict
 
     out = tmp_path / "ckpt.safetensors"
     assert main(["--out", str(out)]) == 0 and out.is_file()

@@ -77,7 +77,7 @@ def _convert(registry, workflow: dict) -> dict:
 def spy(monkeypatch):
     """Records every UNet call (model arch, sigma), ADM input built, and latent handed to a VAE."""
     from diffusion.model_patcher import ModelPatcher
-    from diffusion.vae import VAE
+    from diffusion.models.vae import VAE
 
     seen = {"unet": [], "adm": [], "decoded": []}
     apply_model, encode_adm, decode = ModelPatcher.apply_model, ModelPatcher.encode_adm, VAE.decode
@@ -183,7 +183,7 @@ def _encode(clip, text):
 
 def test_sdxl_template_matches_hand_written_reference(registry, home, tiny_files, spy):
     """sdxl_simple_example (base 3 steps with leftover noise, refiner 1 step) against Euler/CFG by hand."""
-    from diffusion.checkpoint import load_checkpoint
+    from diffusion.loading.checkpoint import load_checkpoint
 
     ui, result = _run(registry, home, tiny_files, "sdxl_simple_example.json")
     prompt = result.prompt
@@ -222,7 +222,8 @@ def test_sdxl_template_matches_hand_written_reference(registry, home, tiny_files
 
 
 def test_tiny_refiner_has_the_refiner_layout(tmp_path):
-    from diffusion.checkpoint import detect_arch, read_state_dict
+    from diffusion.loading.checkpoint import detect_arch
+    from diffusion.loading.files import read_state_dict
     from tools.make_tiny_checkpoint import TinySDXLRefiner, main
 
     out = tmp_path / "refiner.safetensors"

@@ -5,7 +5,7 @@ import unicodedata
 
 import pytest
 
-from diffusion.tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, CLIPTokenizer, clean_text, get_tokenizer, split_words
+from diffusion.text.tokenizer import BOS_ID, EOS_ID, VOCAB_SIZE, CLIPTokenizer, clean_text, get_tokenizer, split_words
 from tests.tokenizer_reference import reference_tokenizer
 
 SUBJECTS = [

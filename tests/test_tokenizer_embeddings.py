@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from diffusion.prompt_tokens import EmbeddingLookup
+from diffusion.text.prompt_tokens import EmbeddingLookup
 
 DIM = 8
 

@@ -1,7 +1,7 @@
 """Prompt weighting syntax: expected weights from the COMPAT §1.6 rules (×1.1 per level, absolute :w)."""
 import pytest
 
-from diffusion.prompt_syntax import parse_embedding_reference, parse_weights, split_embedding_words, split_top_level
+from diffusion.text.prompt_syntax import parse_embedding_reference, parse_weights, split_embedding_words, split_top_level
 
 
 def weights(text):

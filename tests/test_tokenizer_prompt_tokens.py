@@ -6,9 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from diffusion.prompt_syntax import parse_weights
-from diffusion.prompt_tokens import EmbeddingLookup, tokenize_weighted
-from diffusion.tokenizer import BOS_ID, EOS_ID, get_tokenizer
+from diffusion.text.prompt_syntax import parse_weights
+from diffusion.text.prompt_tokens import EmbeddingLookup, tokenize_weighted
+from diffusion.text.tokenizer import BOS_ID, EOS_ID, get_tokenizer
 
 TOK = get_tokenizer()
 CAT = TOK.encode("cat")[0]  # "cat" is a single token, so n cats are n tokens

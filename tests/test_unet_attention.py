@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from diffusion import attention as attn
+from diffusion.models import attention as attn
 
 TOL = 1e-5
 

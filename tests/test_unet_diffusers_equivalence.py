@@ -3,8 +3,8 @@ same random weights. Tolerance: max |ours - diffusers| <= 1e-4 * max |diffusers|
 import pytest
 import torch
 
-from diffusion.checkpoint import load_unet
-from diffusion.model_sampling import ModelSampling
+from diffusion.loading.checkpoint import load_unet
+from diffusion.sampling.model_sampling import ModelSampling
 from unet_models import TINY, diffusers_unet, inputs, sdxl_y, write_unet_checkpoint
 
 REL_TOL = 1e-4
@@ -73,7 +73,7 @@ def test_odd_latent_size_matches_diffusers(sd1_pair):
 def _expected_x0(ref, x, sigma, ctx, prediction):
     """k-diffusion's wrapper around an eps/v network, written out: c_in scaling, sigma -> nearest
     timestep of the SD schedule, then eps: x - s*out; v: x/(s^2+1) - s*out/sqrt(s^2+1)."""
-    from diffusion.model_sampling import discrete_sigma_table
+    from diffusion.sampling.model_sampling import discrete_sigma_table
 
     sigmas = discrete_sigma_table()
     t = torch.stack([(sigmas.log() - s.log()).abs().argmin() for s in sigma]).float()

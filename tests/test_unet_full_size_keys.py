@@ -4,8 +4,8 @@ the test key map (tests/unet_keymap.py), not typed by hand."""
 import pytest
 import torch
 
-from diffusion.config import detect_unet_config
-from diffusion.unet import UNetModel
+from diffusion.loading.config import detect_unet_config
+from diffusion.models.unet import UNetModel
 from unet_keymap import diffusers_unet_to_original
 from unet_models import FULL, diffusers_unet
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from diffusion import memory
-from diffusion.config import UNetConfig
+from diffusion.loading.config import UNetConfig
 from unet_tiny import tiny_patcher
 
 
@@ -47,7 +47,7 @@ def test_settings_are_validated():
 
 
 def test_configure_applies_attention_backend():
-    from diffusion import attention
+    from diffusion.models import attention
 
     before, saved = attention.get_backend(), memory.get_settings()
     try:
@@ -103,7 +103,7 @@ def test_estimate_scales_with_batch_and_area():
     # Lower bound: the first level's skip connections alone, 3 tensors of 320 x 64 x 64 fp32.
     assert one >= 3 * 320 * 64 * 64 * 4
     # Activations are linear in batch and area; the attention block term is bounded.
-    from diffusion.attention import SLICE_BYTES
+    from diffusion.models.attention import SLICE_BYTES
     assert 2 * one - SLICE_BYTES <= two <= 2 * one
     assert 4 * one - 3 * SLICE_BYTES <= big <= 4 * one
     half = memory.estimate_unet_memory(sd1, (1, 4, 64, 64), dtype=torch.float16)

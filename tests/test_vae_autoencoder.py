@@ -6,8 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffusion import vae as vae_mod
-from diffusion.vae import VAE, AutoencoderKL, VAEConfig, VAEError, detect_config
+from diffusion.models import vae as vae_mod
+from diffusion.loading.config import VAEConfig, VAEError, detect_vae_config as detect_config
+from diffusion.models.vae import VAE, AutoencoderKL
 from tests.vae_keymap import diffusers_vae_to_original, tiny_diffusers_vae
 
 REL_TOL = 1e-4  # float32, same weights, same math in a different module structure
@@ -179,7 +180,7 @@ def test_training_leftovers_ignored_and_unknown_keys_reported(ref, ours, caplog)
     sd = diffusers_vae_to_original(ref.state_dict(), 2)
     sd.update({"loss.logvar": torch.zeros(()), "model_ema.decay": torch.tensor(0.999),
                "decoder.extra.weight": torch.zeros(3)})
-    with caplog.at_level("WARNING", logger="diffusion.vae"):
+    with caplog.at_level("WARNING", logger="diffusion.loading.keymaps"):
         vae = VAE.from_state_dict(sd, device="cpu", dtype=torch.float32)
     assert "1 unexpected keys, e.g. 'decoder.extra.weight'" in caplog.text
     z = torch.randn(1, 4, 4, 4)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion.vae import VAE
+from diffusion.models.vae import VAE
 from tests.vae_keymap import diffusers_vae_to_original, tiny_diffusers_vae
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion.vae import VAEError, inpaint_inputs
+from diffusion.loading.config import VAEError
+from diffusion.models.vae import inpaint_inputs
 
 
 def dilate_reference(m: torch.Tensor, g: int) -> torch.Tensor:

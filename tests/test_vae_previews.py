@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from diffusion import latent_formats, previews
+from diffusion import previews
+from diffusion.models import latent_formats
 from tests.vae_keymap import diffusers_taesd_part_to_original, tiny_diffusers_taesd
 
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from diffusion import latent_formats, taesd
-from diffusion.taesd import TAESDConfig, TAESDError
-from diffusion.vae import VAEError
+from diffusion.loading import taesd
+from diffusion.loading.config import TAESDConfig, TAESDError, VAEError
+from diffusion.models import latent_formats
+from diffusion.models.taesd import build_decoder, build_encoder
 from tests.vae_keymap import diffusers_taesd_part_to_original, tiny_diffusers_taesd
 
 REL_TOL = 1e-4  # float32, same weights
@@ -84,7 +85,7 @@ def test_full_size_keys_match_released_files():
     from diffusers import AutoencoderTiny
     with torch.device("meta"):
         ref = AutoencoderTiny()  # the released taesd configuration
-        enc, dec = taesd.build_encoder(TAESDConfig()), taesd.build_decoder(TAESDConfig())
+        enc, dec = build_encoder(TAESDConfig()), build_decoder(TAESDConfig())
     sd = ref.state_dict()
     for part, ours in (("encoder", enc), ("decoder", dec)):
         expected = {k: tuple(v.shape) for k, v in diffusers_taesd_part_to_original(sd, part).items()}

@@ -6,9 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffusion import tiling
-from diffusion import vae as vae_mod
-from diffusion.vae import VAE
+from diffusion.models import tiling
+from diffusion.models import vae as vae_mod
+from diffusion.models.vae import VAE
 from tests.vae_keymap import diffusers_vae_to_original, tiny_diffusers_vae
 
 

@@ -10,7 +10,7 @@ import gzip
 import json
 from pathlib import Path
 
-BPE_FILE = Path(__file__).resolve().parents[1] / "diffusion" / "data" / "bpe_simple_vocab_16e6.txt.gz"
+BPE_FILE = Path(__file__).resolve().parents[1] / "diffusion" / "text" / "data" / "bpe_simple_vocab_16e6.txt.gz"
 
 
 def _byte_chars() -> list[str]:

@@ -2,9 +2,9 @@
 no file), for tests of the patcher and the memory manager."""
 import torch
 
-from diffusion.config import UNetConfig
+from diffusion.loading.config import UNetConfig
 from diffusion.model_patcher import ModelPatcher
-from diffusion.unet import UNetModel
+from diffusion.models.unet import UNetModel
 
 TINY_SD1 = UNetConfig(model_channels=32, channel_mult=(1, 2), num_res_blocks=(1, 1),
                       transformer_depth=(1, 0), transformer_depth_output=(0, 0, 1, 1),

@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from diffusion.clip import ClipTextConfig, ClipTextModel  # noqa: E402
-from diffusion.config import UNetConfig  # noqa: E402
-from diffusion.unet import UNetModel  # noqa: E402
-from diffusion.vae import AutoencoderKL, VAEConfig  # noqa: E402
+from diffusion.loading.config import ClipTextConfig, UNetConfig, VAEConfig  # noqa: E402
+from diffusion.models.clip import ClipTextModel  # noqa: E402
+from diffusion.models.unet import UNetModel  # noqa: E402
+from diffusion.models.vae import AutoencoderKL  # noqa: E402
 
 DEFAULT_NAME = "latentgraph-tiny-sd1.safetensors"
 DEFAULT_PATH = ROOT / "models" / "checkpoints" / DEFAULT_NAME
@@ -133,6 +133,20 @@ def _randomise_unet(unet: UNetModel) -> UNetModel:
     return unet
 
 
+@torch.no_grad()
+def randomise_clip(model: ClipTextModel, std: float = 0.02) -> ClipTextModel:
+    """Random text-model weights (normal, std 0.02; norms at 1/0), in place."""
+    for name, p in model.named_parameters():
+        if name.endswith(("layer_norm1.weight", "layer_norm2.weight", "ln_1.weight", "ln_2.weight",
+                          "final_layer_norm.weight", "ln_final.weight")):
+            p.fill_(1.0)
+        elif name.endswith("bias"):
+            p.zero_()
+        else:
+            p.normal_(0.0, std)
+    return model
+
+
 def _prefixed(prefix: str, module: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     # .to() returns the parameter itself when the dtype already matches: no copy of a full-size model.
     return {prefix + k: v.detach().to(dtype).contiguous() for k, v in module.state_dict().items()}
@@ -151,7 +165,7 @@ def build_state_dict(unet_cfg: UNetConfig, vae_cfg: VAEConfig, towers: list[tupl
         sd.update(_prefixed("model.diffusion_model.", _randomise_unet(UNetModel(unet_cfg)), dtype))
         sd.update(_prefixed("first_stage_model.", AutoencoderKL(vae_cfg), dtype))
         for prefix, cfg in towers:
-            sd.update(_prefixed(prefix, ClipTextModel(cfg).init_weights(), dtype))
+            sd.update(_prefixed(prefix, randomise_clip(ClipTextModel(cfg)), dtype))
     return sd, _metadata(unet_cfg, arch, seed)
 
 

@@ -120,7 +120,7 @@ class CFGDenoiser:
         estimate = getattr(self.model, "memory_required", None)
         if x.device.type != "cuda" or estimate is None:
             return 1 << 30
-        from .memory import get_free_memory
+        from diffusion.memory import get_free_memory
 
         need = max(int(estimate(tuple(x.shape))), 1)
         return max(1, int(get_free_memory(x.device) * 0.9) // need)

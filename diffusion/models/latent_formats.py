@@ -79,3 +79,9 @@ class Flux(LatentFormat):
 
 
 BY_NAME = {"sd15": SD15, "sdxl": SDXL, "sd3": SD3, "flux": Flux}
+
+
+def empty_latent(batch_size: int, width: int, height: int, latent_format: LatentFormat = SD15()) -> torch.Tensor:
+    """All-zero latents for images of width x height pixels (EmptyLatentImage): the latent format
+    says the channel count (4 for SD1/SD2/SDXL, whose VAEs downscale by 8)."""
+    return torch.zeros([batch_size, latent_format.latent_channels, height // 8, width // 8])

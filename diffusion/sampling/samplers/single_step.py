@@ -1,42 +1,67 @@
-"""Single-step samplers (k-diffusion style) and the registry of every sampler by ComfyUI name.
+"""Single-step samplers (k-diffusion style): Euler, Heun, DPM2, DPM-Solver++(2S/SDE), DDPM, LCM.
 
-Each `sample_<name>(model, x, sigmas, extra_args=None, callback=None, disable=None, **options)`
-integrates from sigmas[0] to sigmas[-1] and returns the final x. Multistep methods live in
-samplers_multistep.py, DPM-Solver in samplers_dpm_solver.py, UniPC in uni_pc.py, exponential
-integrators (RES, SEEDS, ER-SDE, gradient estimation) in samplers_exponential.py.
+Every sampler has k-diffusion's signature (see diffusion/sampling/registry.py, which names them all).
+Multistep methods live in multistep.py, DPM-Solver in dpm_solver.py, UniPC in uni_pc.py, SA-Solver in
+sa_solver.py, exponential integrators (RES, SEEDS, ER-SDE, gradient estimation) in exponential.py.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .samplers_common import (ancestral_step, capture_uncond, churn, log_lerp, report, sde_noise, setup,
+from diffusion.sampling.samplers.common import (ancestral_step, capture_uncond, churn, log_lerp, report, sde_noise, setup,
                               sigma_of_t, step_noise, steps, t_of_sigma, to_d)
+
+
+def _euler(model, x, sigmas, extra_args, callback, disable, s_churn, s_tmin, s_tmax, s_noise, cfg_pp):
+    extra_args, s_in = setup(x, extra_args)
+    if cfg_pp:
+        model, extra_args, uncond = capture_uncond(model, extra_args)
+    n = len(sigmas) - 1
+    for i in steps(n, disable):
+        x, sigma_hat = churn(x, sigmas[i], n, s_churn, s_tmin, s_tmax, s_noise)
+        denoised = model(x, sigma_hat * s_in, **extra_args)
+        report(callback, x, i, sigmas[i], sigma_hat, denoised)
+        if cfg_pp:  # step direction from the unconditional prediction, starting at the guided x0
+            x = denoised + to_d(x, sigma_hat, uncond[0]) * sigmas[i + 1]
+        else:
+            x = x + to_d(x, sigma_hat, denoised) * (sigmas[i + 1] - sigma_hat)
+    return x
 
 
 @torch.no_grad()
 def sample_euler(model, x, sigmas, extra_args=None, callback=None, disable=None,
                  s_churn=0.0, s_tmin=0.0, s_tmax=float("inf"), s_noise=1.0):
     """Euler's method on the probability-flow ODE (Karras et al. 2022, Alg. 2 with optional churn)."""
-    extra_args, s_in = setup(x, extra_args)
-    n = len(sigmas) - 1
-    for i in steps(n, disable):
-        x, sigma_hat = churn(x, sigmas[i], n, s_churn, s_tmin, s_tmax, s_noise)
-        denoised = model(x, sigma_hat * s_in, **extra_args)
-        report(callback, x, i, sigmas[i], sigma_hat, denoised)
-        x = x + to_d(x, sigma_hat, denoised) * (sigmas[i + 1] - sigma_hat)
-    return x
+    return _euler(model, x, sigmas, extra_args, callback, disable, s_churn, s_tmin, s_tmax, s_noise, False)
 
 
 @torch.no_grad()
 def sample_euler_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """Euler with CFG++ (Chung et al. 2024): step direction from the unconditional prediction."""
+    return _euler(model, x, sigmas, extra_args, callback, disable, 0.0, 0.0, float("inf"), 1.0, True)
+
+
+def _euler_ancestral(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, cfg_pp):
     extra_args, s_in = setup(x, extra_args)
-    model, extra_args, uncond = capture_uncond(model, extra_args)
+    if cfg_pp:
+        model, extra_args, uncond = capture_uncond(model, extra_args)
+    noise_sampler = step_noise(x, extra_args, noise_sampler)
     for i in steps(len(sigmas) - 1, disable):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
+        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        x = denoised + to_d(x, sigmas[i], uncond[0]) * sigmas[i + 1]
+        if cfg_pp:
+            x = denoised + to_d(x, sigmas[i], uncond[0]) * sigma_down
+        elif sigma_down == 0:
+            # ComfyUI's sample_euler_ancestral: the x0 prediction itself, and no noise even when an
+            # eta > 1 made sigma_down reach 0 before the end of the schedule
+            x = denoised
+            continue
+        else:
+            x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
+        if sigmas[i + 1] > 0:
+            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
 
 
@@ -44,37 +69,14 @@ def sample_euler_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disabl
 def sample_euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None,
                            eta=1.0, s_noise=1.0, noise_sampler=None):
     """Ancestral Euler: an Euler step down to sigma_down, then fresh noise up to sigmas[i+1]."""
-    extra_args, s_in = setup(x, extra_args)
-    noise_sampler = step_noise(x, extra_args, noise_sampler)
-    for i in steps(len(sigmas) - 1, disable):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
-        report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigma_down == 0:
-            # ComfyUI's sample_euler_ancestral: the x0 prediction itself, and no noise even when an
-            # eta > 1 made sigma_down reach 0 before the end of the schedule
-            x = denoised
-            continue
-        x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
-        x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
-    return x
+    return _euler_ancestral(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, False)
 
 
 @torch.no_grad()
 def sample_euler_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disable=None,
                                   eta=1.0, s_noise=1.0, noise_sampler=None):
     """Ancestral Euler with CFG++ (Chung et al. 2024)."""
-    extra_args, s_in = setup(x, extra_args)
-    model, extra_args, uncond = capture_uncond(model, extra_args)
-    noise_sampler = step_noise(x, extra_args, noise_sampler)
-    for i in steps(len(sigmas) - 1, disable):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
-        report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        x = denoised + to_d(x, sigmas[i], uncond[0]) * sigma_down
-        if sigmas[i + 1] > 0:
-            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
-    return x
+    return _euler_ancestral(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, True)
 
 
 @torch.no_grad()
@@ -188,44 +190,39 @@ def _dpmpp_2s_step(model, x, sigma, sigma_down, denoised, s_in, extra_args, shif
     return (sigma_of_t(t_next) / sigma_of_t(t)) * base - (-h).expm1() * denoised_2
 
 
-@torch.no_grad()
-def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None,
-                              eta=1.0, s_noise=1.0, noise_sampler=None):
-    """Ancestral DPM-Solver++(2S) (Lu et al. 2022, 'DPM-Solver++')."""
+def _dpmpp_2s_ancestral(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, cfg_pp):
     extra_args, s_in = setup(x, extra_args)
+    if cfg_pp:
+        model, extra_args, uncond = capture_uncond(model, extra_args)
     noise_sampler = step_noise(x, extra_args, noise_sampler)
     for i in steps(len(sigmas) - 1, disable):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigma_down == 0:
+        if sigma_down == 0 and cfg_pp:
+            x = denoised + to_d(x, sigmas[i], uncond[0]) * sigma_down
+        elif sigma_down == 0:
             x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
         else:
-            x = _dpmpp_2s_step(model, x, sigmas[i], sigma_down, denoised, s_in, extra_args)
+            shift = denoised - uncond[0] if cfg_pp else None
+            x = _dpmpp_2s_step(model, x, sigmas[i], sigma_down, denoised, s_in, extra_args, shift=shift)
         if sigmas[i + 1] > 0:
             x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
     return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2s_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None,
+                              eta=1.0, s_noise=1.0, noise_sampler=None):
+    """Ancestral DPM-Solver++(2S) (Lu et al. 2022, 'DPM-Solver++')."""
+    return _dpmpp_2s_ancestral(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, False)
 
 
 @torch.no_grad()
 def sample_dpmpp_2s_ancestral_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disable=None,
                                      eta=1.0, s_noise=1.0, noise_sampler=None):
     """Ancestral DPM-Solver++(2S) with CFG++ (Chung et al. 2024)."""
-    extra_args, s_in = setup(x, extra_args)
-    model, extra_args, uncond = capture_uncond(model, extra_args)
-    noise_sampler = step_noise(x, extra_args, noise_sampler)
-    for i in steps(len(sigmas) - 1, disable):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
-        report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        if sigma_down == 0:
-            x = denoised + to_d(x, sigmas[i], uncond[0]) * sigma_down
-        else:
-            x = _dpmpp_2s_step(model, x, sigmas[i], sigma_down, denoised, s_in, extra_args,
-                               shift=denoised - uncond[0])
-        if sigmas[i + 1] > 0:
-            x = x + noise_sampler(sigmas[i], sigmas[i + 1]) * s_noise * sigma_up
-    return x
+    return _dpmpp_2s_ancestral(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, True)
 
 
 def _dpmpp_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, r, cpu):
@@ -318,49 +315,3 @@ def sample_lcm(model, x, sigmas, extra_args=None, callback=None, disable=None, n
             else:
                 x = x + noise * sigmas[i + 1]
     return x
-
-
-# -- registry ---------------------------------------------------------------------------------------
-
-# Every name ComfyUI offers, in its combo order (COMPAT §10). SAMPLER_NAMES keeps the implemented ones.
-COMPAT_SAMPLER_NAMES = [
-    "euler", "euler_cfg_pp", "euler_ancestral", "euler_ancestral_cfg_pp", "heun", "heunpp2",
-    "exp_heun_2_x0", "exp_heun_2_x0_sde", "dpm_2", "dpm_2_ancestral", "lms", "dpm_fast", "dpm_adaptive",
-    "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m",
-    "dpmpp_2m_cfg_pp", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu",
-    "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm", "ipndm_v", "deis", "res_multistep",
-    "res_multistep_cfg_pp", "res_multistep_ancestral", "res_multistep_ancestral_cfg_pp",
-    "gradient_estimation", "gradient_estimation_cfg_pp", "er_sde", "seeds_2", "seeds_3", "sa_solver",
-    "sa_solver_pece", "ddim", "uni_pc", "uni_pc_bh2",
-]
-
-# Samplers whose schedule is computed for steps+1 and loses its penultimate sigma (COMPAT §10).
-DISCARD_PENULTIMATE_SIGMA = frozenset({"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"})
-
-
-def _registry() -> dict:
-    from . import sa_solver, samplers_dpm_solver, samplers_exponential, samplers_multistep, uni_pc
-
-    table = {}
-    for namespace in (globals(), vars(samplers_multistep)):
-        table.update({name[len("sample_"):]: fn for name, fn in namespace.items()
-                      if name.startswith("sample_") and callable(fn)})
-    table.update(samplers_dpm_solver.SAMPLERS)
-    table.update(samplers_exponential.SAMPLERS)
-    table.update(sa_solver.SAMPLERS)
-    table.update(uni_pc.SAMPLERS)
-    # DDIM is Euler on the same schedule; only its inpaint noise differs (see sampling.py).
-    table["ddim"] = table["euler"]
-    return table
-
-
-SAMPLERS = _registry()
-SAMPLER_NAMES = [name for name in COMPAT_SAMPLER_NAMES if name in SAMPLERS]
-
-
-def get_sampler(name: str):
-    """The sampler function for a ComfyUI sampler name."""
-    try:
-        return SAMPLERS[name]
-    except KeyError:
-        raise ValueError(f"unknown sampler {name!r}; expected one of {SAMPLER_NAMES}") from None

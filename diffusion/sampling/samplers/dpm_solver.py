@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .samplers_common import ancestral_step, setup, sigma_of_t, step_noise, t_of_sigma
+from diffusion.sampling.samplers.common import ancestral_step, setup, sigma_of_t, step_noise, t_of_sigma
 
 
 class _DPMSolver:
@@ -185,6 +185,3 @@ def sample_dpm_adaptive(model, x, sigmas, extra_args=None, callback=None, disabl
     solver = _DPMSolver(model, extra_args, s_in, info_callback=callback)
     return solver.adaptive(x, t_of_sigma(sigma_max), t_of_sigma(sigma_min), order, rtol, atol, h_init,
                            pcoeff, icoeff, dcoeff, accept_safety, eta, s_noise, noise_sampler)
-
-
-SAMPLERS = {"dpm_fast": sample_dpm_fast, "dpm_adaptive": sample_dpm_adaptive}

@@ -1,6 +1,9 @@
-"""UNet sizes as a dataclass, and their detection from a state dict's keys and shapes.
+"""The sizes of every network as small dataclasses, and their detection from a state dict's keys and shapes.
 
-The network in `diffusion/unet.py` is built only from a `UNetConfig`; every number in it is read
+UNet, KL autoencoder (VAE), TAESD and CLIP text model: each network in diffusion/models/ is built only
+from its config here.
+
+UNet. The network in `diffusion/models/unet.py` is built only from a `UNetConfig`; every number in it is read
 from the weights (keys in the original CompVis/SGM single-file layout, prefix already stripped), so a
 scaled-down model of any supported architecture loads by the same code as a released one.
 
@@ -10,12 +13,14 @@ What the weights cannot say, and how we decide it (documented in docs/contracts.
   64 channels per head. We apply those rules, fall back to a single head when 64 does not divide
   the width (only possible in scaled-down models), and let a file override them with the
   safetensors metadata keys in `HEAD_METADATA_KEYS` (see `UNetConfig.head_metadata`).
-- Prediction type (eps or v) for SD2: see `diffusion/checkpoint.py:detect_prediction`.
+- Prediction type (eps or v) for SD2: see `diffusion/loading/checkpoint.py:detect_prediction`.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+
+import torch
 
 ARCHES = ("sd1", "sd2", "sdxl", "sdxl_refiner")
 HEAD_METADATA_KEYS = ("latentgraph.num_heads", "latentgraph.num_head_channels")
@@ -89,10 +94,6 @@ class UNetConfig:
             return "sdxl_refiner"
         return "sdxl_refiner" if len(self.channel_mult) == 4 else "sdxl"
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("extra")
-        return d
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,3 +211,170 @@ def _head_layout(use_linear: bool, widths: list[int], metadata: dict | None, whe
         return -1, 64  # SD2 / SDXL convention
     # Only scaled-down models get here: one head per transformer, the whole width.
     return -1, max(widths) if widths else 64
+
+
+# ---------------------------------------------------------------------------------------------
+# KL autoencoder (VAE). Group-norm group count is not visible in the weights; the released
+# architecture uses 32 and so do we unless told otherwise.
+
+class VAEError(ValueError):
+    """A VAE state dict that does not fit the KL autoencoder architecture."""
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Sizes of a KL autoencoder. Defaults are the SD1/SD2/SDXL VAE."""
+
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    in_channels: int = 3
+    out_ch: int = 3
+    z_channels: int = 4
+    embed_dim: int = 4
+    norm_groups: int = 32
+
+    @property
+    def downscale_ratio(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+
+def _require(sd: dict, key: str) -> torch.Tensor:
+    if key not in sd:
+        raise VAEError(f"VAE state dict is missing key '{key}'")
+    return sd[key]
+
+
+def detect_vae_config(sd: dict, norm_groups: int = 32) -> VAEConfig:
+    """Read the autoencoder sizes from a state dict (prefix already stripped)."""
+    conv_in = _require(sd, "encoder.conv_in.weight")
+    ch, in_channels = conv_in.shape[0], conv_in.shape[1]
+    levels = sorted({int(k.split(".")[2]) for k in sd if k.startswith("encoder.down.")})
+    if not levels or levels != list(range(len(levels))):
+        raise VAEError(f"VAE state dict has no usable 'encoder.down.N' levels (found {levels})")
+    ch_mult = []
+    for i in levels:
+        w = _require(sd, f"encoder.down.{i}.block.0.conv1.weight")
+        if w.shape[0] % ch:
+            raise VAEError(f"VAE weight 'encoder.down.{i}.block.0.conv1.weight' has {w.shape[0]} output "
+                           f"channels, not a multiple of the base width {ch}")
+        ch_mult.append(w.shape[0] // ch)
+    num_res_blocks = len({k.split(".")[4] for k in sd if k.startswith("encoder.down.0.block.")})
+    z2 = _require(sd, "encoder.conv_out.weight").shape[0]
+    embed2 = _require(sd, "quant_conv.weight").shape[0]
+    out_ch = _require(sd, "decoder.conv_out.weight").shape[0]
+    return VAEConfig(ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks,
+                     in_channels=in_channels, out_ch=out_ch, z_channels=z2 // 2,
+                     embed_dim=embed2 // 2, norm_groups=norm_groups)
+
+
+# ---------------------------------------------------------------------------------------------
+# TAESD (the layer order is fixed; width and latent channels come from the weights)
+
+class TAESDError(VAEError):
+    """A TAESD state dict that does not fit the architecture."""
+
+
+@dataclass(frozen=True)
+class TAESDConfig:
+    latent_channels: int = 4
+    width: int = 64
+
+
+# ---------------------------------------------------------------------------------------------
+# CLIP text model. Two things the weights cannot say:
+# - heads: released CLIP text models use 64 channels per head (L 768/12, H 1024/16, bigG 1280/20);
+#   widths below 256 (only scaled-down test models) use 16 channels per head. Callers may override.
+# - activation: OpenAI's CLIP-L uses quick_gelu, the LAION OpenCLIP models use exact gelu; which one a
+#   tower is follows from where it sits in the checkpoint, so the caller passes it.
+
+LAYOUTS = ("hf", "open_clip")
+ACTIVATIONS = ("quick_gelu", "gelu")
+
+_HF_LAYER = re.compile(r"^text_model\.encoder\.layers\.(\d+)\.")
+_OPEN_CLIP_LAYER = re.compile(r"^transformer\.resblocks\.(\d+)\.")
+
+
+class ClipConfigError(ValueError):
+    """A state dict does not hold a CLIP text transformer we can build."""
+
+
+def heads_for_width(width: int) -> int:
+    """Attention heads of a CLIP text model of this width (see the module docstring)."""
+    head_width = 64 if width >= 256 else 16
+    if width % head_width:
+        raise ClipConfigError(f"CLIP text width {width} is not a multiple of {head_width}; pass heads explicitly")
+    return width // head_width
+
+
+@dataclass(frozen=True)
+class ClipTextConfig:
+    layout: str  # "hf" | "open_clip"
+    width: int
+    layers: int
+    heads: int
+    vocab_size: int
+    context_length: int
+    projection_dim: int | None  # None: the file has no text projection (identity for pooled)
+    activation: str  # "quick_gelu" | "gelu"
+    eps: float = 1e-5
+
+    def __post_init__(self):
+        if self.layout not in LAYOUTS:
+            raise ClipConfigError(f"unknown CLIP layout {self.layout!r}; expected one of {LAYOUTS}")
+        if self.activation not in ACTIVATIONS:
+            raise ClipConfigError(f"unknown CLIP activation {self.activation!r}; expected one of {ACTIVATIONS}")
+        if self.width % self.heads:
+            raise ClipConfigError(f"CLIP width {self.width} is not divisible by {self.heads} heads")
+
+    @property
+    def mlp_width(self) -> int:
+        return 4 * self.width
+
+    @classmethod
+    def from_state_dict(cls, sd, activation: str, heads: int | None = None) -> "ClipTextConfig":
+        """Read the sizes from `sd`, whose keys start where the text model starts (prefix stripped)."""
+        layout = detect_layout(sd)
+        if layout == "hf":
+            token = sd["text_model.embeddings.token_embedding.weight"]
+            context = sd["text_model.embeddings.position_embedding.weight"].shape[0]
+            layer_re = _HF_LAYER
+            proj = sd.get("text_projection.weight")
+            projection_dim = None if proj is None else proj.shape[0]
+            mlp_key = "text_model.encoder.layers.0.mlp.fc1.weight"
+        else:
+            token = sd["token_embedding.weight"]
+            context = sd["positional_embedding"].shape[0]
+            layer_re = _OPEN_CLIP_LAYER
+            proj = sd.get("text_projection")
+            projection_dim = None if proj is None else proj.shape[1]
+            mlp_key = "transformer.resblocks.0.mlp.c_fc.weight"
+        vocab_size, width = token.shape
+        layer_ids = {int(m.group(1)) for k in sd for m in [layer_re.match(k)] if m}
+        if not layer_ids:
+            raise ClipConfigError(f"CLIP text model ({layout} layout) has no transformer layers")
+        layers = max(layer_ids) + 1
+        if layer_ids != set(range(layers)):
+            raise ClipConfigError(f"CLIP text model is missing layers {sorted(set(range(layers)) - layer_ids)}")
+        if mlp_key in sd and sd[mlp_key].shape[0] != 4 * width:
+            raise ClipConfigError(f"CLIP MLP width {sd[mlp_key].shape[0]} is not 4 x {width}")
+        return cls(
+            layout=layout,
+            width=width,
+            layers=layers,
+            heads=heads if heads is not None else heads_for_width(width),
+            vocab_size=vocab_size,
+            context_length=context,
+            projection_dim=projection_dim,
+            activation=activation,
+        )
+
+
+def detect_layout(sd) -> str:
+    """"hf" or "open_clip" for a text-model state dict with its prefix stripped."""
+    if "text_model.embeddings.token_embedding.weight" in sd:
+        return "hf"
+    if "token_embedding.weight" in sd and "positional_embedding" in sd:
+        return "open_clip"
+    sample = ", ".join(sorted(sd)[:3]) or "no keys"
+    raise ClipConfigError(f"not a CLIP text model: no token embedding found (keys start: {sample})")

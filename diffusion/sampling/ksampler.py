@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from . import memory
-from .guidance import CFGDenoiser, InpaintDenoiser, prepare_mask
-from .noise import prepare_noise
-from .samplers import DISCARD_PENULTIMATE_SIGMA, SAMPLER_NAMES, get_sampler
-from .schedulers import SCHEDULER_NAMES, calculate_sigmas as schedule
+from diffusion import memory
+from diffusion.sampling.guidance import CFGDenoiser, InpaintDenoiser, prepare_mask
+from diffusion.sampling.noise import prepare_noise
+from diffusion.sampling.registry import DISCARD_PENULTIMATE_SIGMA, SAMPLER_NAMES, get_sampler
+from diffusion.sampling.schedulers import SCHEDULER_NAMES, calculate_sigmas as schedule
 
 __all__ = ["SAMPLER_NAMES", "SCHEDULER_NAMES", "prepare_noise", "calculate_sigmas", "sampling_sigmas",
            "fix_empty_latent_channels", "run_sampler", "sample"]

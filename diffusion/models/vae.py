@@ -9,79 +9,26 @@ so a state dict with that prefix stripped loads directly:
     decoder.conv_in  decoder.mid.*  decoder.up.{i}.block.{j}.*  decoder.up.{i}.upsample.conv
     decoder.norm_out/conv_out
 
-The sizes are read out of the keys and shapes (`detect_config`). Group-norm group count is not visible
-in the weights; the released architecture uses 32 and so do we unless told otherwise.
+The sizes are read out of the keys and shapes (`diffusion.loading.config.detect_vae_config`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion import memory, tiling
-from diffusion.attention import attention
+from diffusion import memory
+from diffusion.models import tiling
+from diffusion.loading.config import VAEConfig, VAEError, detect_vae_config
+from diffusion.loading.keymaps import vae_weights
+from diffusion.models.attention import attention
 
 log = logging.getLogger(__name__)
 
 DOWNSCALE_RATIO = 8
-# Keys some VAE files carry that are not part of the network (training leftovers).
-_IGNORED_PREFIXES = ("loss.", "model_ema.")
-_ATTN_WEIGHTS = ("q", "k", "v", "proj_out")
-
-
-class VAEError(ValueError):
-    """A VAE state dict that does not fit the KL autoencoder architecture."""
-
-
-@dataclass(frozen=True)
-class VAEConfig:
-    """Sizes of a KL autoencoder. Defaults are the SD1/SD2/SDXL VAE."""
-
-    ch: int = 128
-    ch_mult: tuple[int, ...] = (1, 2, 4, 4)
-    num_res_blocks: int = 2
-    in_channels: int = 3
-    out_ch: int = 3
-    z_channels: int = 4
-    embed_dim: int = 4
-    norm_groups: int = 32
-
-    @property
-    def downscale_ratio(self) -> int:
-        return 2 ** (len(self.ch_mult) - 1)
-
-
-def _require(sd: dict, key: str) -> torch.Tensor:
-    if key not in sd:
-        raise VAEError(f"VAE state dict is missing key '{key}'")
-    return sd[key]
-
-
-def detect_config(sd: dict, norm_groups: int = 32) -> VAEConfig:
-    """Read the autoencoder sizes from a state dict (prefix already stripped)."""
-    conv_in = _require(sd, "encoder.conv_in.weight")
-    ch, in_channels = conv_in.shape[0], conv_in.shape[1]
-    levels = sorted({int(k.split(".")[2]) for k in sd if k.startswith("encoder.down.")})
-    if not levels or levels != list(range(len(levels))):
-        raise VAEError(f"VAE state dict has no usable 'encoder.down.N' levels (found {levels})")
-    ch_mult = []
-    for i in levels:
-        w = _require(sd, f"encoder.down.{i}.block.0.conv1.weight")
-        if w.shape[0] % ch:
-            raise VAEError(f"VAE weight 'encoder.down.{i}.block.0.conv1.weight' has {w.shape[0]} output "
-                           f"channels, not a multiple of the base width {ch}")
-        ch_mult.append(w.shape[0] // ch)
-    num_res_blocks = len({k.split(".")[4] for k in sd if k.startswith("encoder.down.0.block.")})
-    z2 = _require(sd, "encoder.conv_out.weight").shape[0]
-    embed2 = _require(sd, "quant_conv.weight").shape[0]
-    out_ch = _require(sd, "decoder.conv_out.weight").shape[0]
-    return VAEConfig(ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks,
-                     in_channels=in_channels, out_ch=out_ch, z_channels=z2 // 2,
-                     embed_dim=embed2 // 2, norm_groups=norm_groups)
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -244,36 +191,6 @@ class AutoencoderKL(nn.Module):
         return self.quant_conv.weight.dtype
 
 
-def prepare_state_dict(sd: dict, cfg: VAEConfig, expected: dict[str, torch.Size]) -> dict:
-    """Check names and shapes against the network; reshape linear attention weights to 1x1 convs.
-
-    Some SD2/SDXL VAE files store the mid-block attention projections as [C, C] (linear) instead of
-    [C, C, 1, 1]; both are the same numbers.
-    """
-    out, unexpected = {}, []
-    for key, tensor in sd.items():
-        if key.startswith(_IGNORED_PREFIXES):
-            continue
-        if key not in expected:
-            unexpected.append(key)
-            continue
-        parts = key.split(".")
-        if (len(parts) >= 4 and parts[-3] == "attn_1" and parts[-2] in _ATTN_WEIGHTS
-                and parts[-1] == "weight" and tensor.ndim == 2):
-            tensor = tensor.reshape(*tensor.shape, 1, 1)
-        if tuple(tensor.shape) != tuple(expected[key]):
-            raise VAEError(f"VAE weight '{key}' has shape {list(tensor.shape)}, expected "
-                           f"{list(expected[key])} for the detected config {cfg}")
-        out[key] = tensor
-    missing = [k for k in expected if k not in out]
-    if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise VAEError(f"VAE state dict is missing key '{missing[0]}'{more}")
-    if unexpected:
-        log.warning("VAE state dict: ignoring %d unexpected keys, e.g. '%s'", len(unexpected), unexpected[0])
-    return out
-
-
 def check_latent(samples: torch.Tensor, channels: int, what: str) -> torch.Tensor:
     if not isinstance(samples, torch.Tensor) or samples.ndim != 4:
         raise VAEError(f"{what} expects latents [B,C,h,w], got "
@@ -374,14 +291,14 @@ class VAE:
     @classmethod
     def from_state_dict(cls, sd: dict, device=None, dtype=None, norm_groups: int = 32) -> "VAE":
         """Build from original-layout keys (prefix `first_stage_model.` already stripped)."""
-        cfg = detect_config(sd, norm_groups=norm_groups)
+        cfg = detect_vae_config(sd, norm_groups=norm_groups)
         if cfg.ch % norm_groups:
             raise VAEError(f"VAE base width {cfg.ch} (encoder.conv_in) is not divisible by "
                            f"norm_groups={norm_groups}")
         with torch.device("meta"):
             model = AutoencoderKL(cfg)
         expected = {k: v.shape for k, v in model.state_dict().items()}
-        weights = prepare_state_dict(sd, cfg, expected)
+        weights = vae_weights(sd, cfg, expected)
         # assign=True adopts the given tensors (e.g. memory-mapped safetensors) without a second copy.
         model.load_state_dict(weights, strict=True, assign=True)
         model.to(torch.float32)
@@ -452,23 +369,28 @@ class VAE:
     def _fits(self, height: int, width: int) -> bool:
         return self.memory_per_sample(height, width) < available_memory(self.device) * 0.8
 
+    def _batched_or_tiled(self, what: str, x: torch.Tensor, height: int, width: int, net_fn, finish, tiled):
+        """`finish(net_fn over x)` in batches that fit in memory; `tiled()` instead when one image of
+        height x width pixels does not fit, or when the device runs out of memory on the way."""
+        self._make_room(height, width)
+        if not self._fits(height, width):
+            log.info("VAE %s of %dx%d does not fit in memory; %sing in tiles", what, width, height, what[:-1])
+            return tiled()
+        step = self._batch_size(x.shape[0], height, width)
+        try:
+            return finish(torch.cat([self._run(net_fn, chunk) for chunk in x.split(step)]))
+        except torch.cuda.OutOfMemoryError:
+            log.warning("VAE %s ran out of memory; retrying in tiles", what)
+            self._empty_cache()
+            return tiled()
+
     # ---- public API ------------------------------------------------------------------------------
     def decode(self, samples: torch.Tensor) -> torch.Tensor:
         """Latents [B,C,h,w] (unscaled) -> IMAGE [B,8h,8w,3] float32 0..1 on CPU."""
         samples = check_latent(samples, self.latent_channels, "VAE decode")
         h, w = samples.shape[2] * self.downscale_ratio, samples.shape[3] * self.downscale_ratio
-        self._make_room(h, w)
-        if not self._fits(h, w):
-            log.info("VAE decode of %dx%d does not fit in memory; decoding in tiles", w, h)
-            return self.decode_tiled(samples, *self.fallback_tile)
-        step = self._batch_size(samples.shape[0], h, w)
-        try:
-            pixels = torch.cat([self._run(AutoencoderKL.decode, chunk) for chunk in samples.split(step)])
-        except torch.cuda.OutOfMemoryError:
-            log.warning("VAE decode ran out of memory; retrying in tiles")
-            self._empty_cache()
-            return self.decode_tiled(samples, *self.fallback_tile)
-        return pixels_to_image(pixels)
+        return self._batched_or_tiled("decode", samples, h, w, AutoencoderKL.decode, pixels_to_image,
+                                      lambda: self.decode_tiled(samples, *self.fallback_tile))
 
     def decode_tiled(self, samples: torch.Tensor, tile: int = 512, overlap: int = 64,
                      progress=None) -> torch.Tensor:
@@ -483,18 +405,8 @@ class VAE:
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """IMAGE [B,H,W,C] 0..1 -> latents [B,C,H/8,W/8] (posterior mode, unscaled), float32 CPU."""
         x = image_to_pixels(image, self.downscale_ratio, self.config.in_channels, "VAE encode")
-        h, w = x.shape[2], x.shape[3]
-        self._make_room(h, w)
-        if not self._fits(h, w):
-            log.info("VAE encode of %dx%d does not fit in memory; encoding in tiles", w, h)
-            return self.encode_tiled(image, *self.fallback_tile)
-        step = self._batch_size(x.shape[0], h, w)
-        try:
-            return torch.cat([self._run(AutoencoderKL.encode_mode, chunk) for chunk in x.split(step)])
-        except torch.cuda.OutOfMemoryError:
-            log.warning("VAE encode ran out of memory; retrying in tiles")
-            self._empty_cache()
-            return self.encode_tiled(image, *self.fallback_tile)
+        return self._batched_or_tiled("encode", x, x.shape[2], x.shape[3], AutoencoderKL.encode_mode,
+                                      lambda latents: latents, lambda: self.encode_tiled(image, *self.fallback_tile))
 
     def encode_tiled(self, image: torch.Tensor, tile: int = 512, overlap: int = 64,
                      progress=None) -> torch.Tensor:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .noise import brownian_noise_sampler, default_noise_sampler
+from diffusion.sampling.noise import brownian_noise_sampler, default_noise_sampler
 
 
 def steps(n: int, disable=None):

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import memory
-from .attention import attention
-from .config import UNetConfig
+from diffusion import memory
+from diffusion.models.attention import attention
+from diffusion.loading.config import UNetConfig
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

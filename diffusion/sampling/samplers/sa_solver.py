@@ -14,8 +14,8 @@ import math
 import numpy as np
 import torch
 
-from .model_sampling import ModelSampling
-from .samplers_common import report, setup, step_noise, steps
+from diffusion.sampling.model_sampling import ModelSampling
+from diffusion.sampling.samplers.common import report, setup, step_noise, steps
 
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(32)
 
@@ -122,6 +122,3 @@ def sample_sa_solver_pece(model, x, sigmas, extra_args=None, callback=None, disa
     """SA-Solver in PECE mode: the corrected state is evaluated again (one more model call per step)."""
     return sample_sa_solver(model, x, sigmas, extra_args, callback, disable, tau_func, s_noise, noise_sampler,
                             predictor_order, corrector_order, use_pece=True, simple_order_2=simple_order_2)
-
-
-SAMPLERS = {"sa_solver": sample_sa_solver, "sa_solver_pece": sample_sa_solver_pece}

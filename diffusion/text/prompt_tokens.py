@@ -18,9 +18,9 @@ from typing import Callable, Union
 
 import torch
 
-from .prompt_syntax import EMBEDDING_PREFIX, parse_embedding_reference, parse_weights, split_embedding_words
-from .textual_inversion import EmbeddingLookup
-from .tokenizer import BOS_ID, EOS_ID
+from diffusion.text.prompt_syntax import EMBEDDING_PREFIX, parse_embedding_reference, parse_weights, split_embedding_words
+from diffusion.text.textual_inversion import EmbeddingLookup
+from diffusion.text.tokenizer import BOS_ID, EOS_ID
 
 __all__ = ["tokenize_weighted", "EmbeddingLookup", "Token", "MAX_UNSPLIT_GROUP"]
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from .samplers_common import (capture_uncond, lagrange_weights, report, sde_noise, setup, sigma_of_t,
+from diffusion.sampling.samplers.common import (capture_uncond, lagrange_weights, report, sde_noise, setup, sigma_of_t,
                               steps, t_of_sigma, to_d)
 
 
@@ -35,45 +35,45 @@ def sample_lms(model, x, sigmas, extra_args=None, callback=None, disable=None, o
     return x
 
 
-@torch.no_grad()
-def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None):
-    """DPM-Solver++(2M) (Lu et al. 2022): second-order multistep exponential integrator in log-sigma."""
+def _dpmpp_2m(model, x, sigmas, extra_args, callback, disable, cfg_pp):
     extra_args, s_in = setup(x, extra_args)
-    old_denoised = None
+    if cfg_pp:
+        model, extra_args, uncond = capture_uncond(model, extra_args)
+    old = None  # the previous step's x0 prediction (CFG++: its unconditional one)
     for i in steps(len(sigmas) - 1, disable):
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         report(callback, x, i, sigmas[i], sigmas[i], denoised)
         t, t_next = t_of_sigma(sigmas[i]), t_of_sigma(sigmas[i + 1])
         h = t_next - t
-        if old_denoised is None or sigmas[i + 1] == 0:
+        if cfg_pp:
+            decay = torch.exp(-h)
+            mix = -decay * uncond[0]
+            if old is not None and sigmas[i + 1] != 0:
+                r = (t - t_of_sigma(sigmas[i - 1])) / h
+                mix = mix - torch.expm1(-h) * (1 / (2 * r)) * (denoised - old)
+            x = denoised + mix + decay * x
+            old = uncond[0]
+            continue
+        if old is None or sigmas[i + 1] == 0:
             denoised_d = denoised
         else:
             r = (t - t_of_sigma(sigmas[i - 1])) / h
-            denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+            denoised_d = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old
         x = (sigma_of_t(t_next) / sigma_of_t(t)) * x - (-h).expm1() * denoised_d
-        old_denoised = denoised
+        old = denoised
     return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(model, x, sigmas, extra_args=None, callback=None, disable=None):
+    """DPM-Solver++(2M) (Lu et al. 2022): second-order multistep exponential integrator in log-sigma."""
+    return _dpmpp_2m(model, x, sigmas, extra_args, callback, disable, False)
 
 
 @torch.no_grad()
 def sample_dpmpp_2m_cfg_pp(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """DPM-Solver++(2M) with CFG++ (Chung et al. 2024): the history uses unconditional predictions."""
-    extra_args, s_in = setup(x, extra_args)
-    model, extra_args, uncond = capture_uncond(model, extra_args)
-    old_uncond = None
-    for i in steps(len(sigmas) - 1, disable):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        report(callback, x, i, sigmas[i], sigmas[i], denoised)
-        t, t_next = t_of_sigma(sigmas[i]), t_of_sigma(sigmas[i + 1])
-        h = t_next - t
-        decay = torch.exp(-h)
-        mix = -decay * uncond[0]
-        if old_uncond is not None and sigmas[i + 1] != 0:
-            r = (t - t_of_sigma(sigmas[i - 1])) / h
-            mix = mix - torch.expm1(-h) * (1 / (2 * r)) * (denoised - old_uncond)
-        x = denoised + mix + decay * x
-        old_uncond = uncond[0]
-    return x
+    return _dpmpp_2m(model, x, sigmas, extra_args, callback, disable, True)
 
 
 def _dpmpp_2m_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler,

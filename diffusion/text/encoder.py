@@ -46,27 +46,18 @@ compute on CPU, where half matmuls are very slow; flags can change both). Output
 """
 from __future__ import annotations
 
-import logging
-import os
 from dataclasses import dataclass, replace
 
 import torch
 
 from diffusion import memory
-from diffusion.clip import ClipConfigError, ClipTextConfig, ClipTextModel, detect_layout, heads_for_width
+from diffusion.models.clip import ClipTextModel
 from diffusion.model_patcher import ModelPatcher
-from diffusion.prompt_tokens import EmbeddingLookup, tokenize_weighted
-from diffusion.tokenizer import get_tokenizer
-
-log = logging.getLogger(__name__)
+from diffusion.text.prompt_tokens import EmbeddingLookup, tokenize_weighted
+from diffusion.text.tokenizer import get_tokenizer
 
 ARCHES = ("sd1", "sd2", "sdxl", "sdxl_refiner")
 BOS, EOS = 49406, 49407
-VOCAB_SIZE, CONTEXT_LENGTH = 49408, 77  # every released CLIP text model of these architectures
-# Keys real checkpoints carry that the networks do not use: HF's position_ids buffer (positions are
-# always 0..N-1) and open_clip's contrastive logit_scale.
-IGNORED_KEYS = ("text_model.embeddings.position_ids", "embeddings.position_ids", "logit_scale")
-TEXT_ENCODER_KINDS = ("stable_diffusion", "sd1", "sd2", "sdxl", "sdxl_refiner")
 
 
 class TextEncoderError(ValueError):
@@ -99,7 +90,7 @@ TOWERS = {
 POOLED_TOWER = {"sd1": "l", "sd2": "h", "sdxl": "g", "sdxl_refiner": "g"}
 
 
-def _default_dtypes(device) -> tuple[torch.dtype, torch.dtype]:
+def default_dtypes(device) -> tuple[torch.dtype, torch.dtype]:
     """(storage, compute) dtypes from the runtime settings (fp16 / fp32-on-CPU unless flags say otherwise)."""
     return memory.text_encoder_dtype(device)
 
@@ -129,7 +120,7 @@ class CLIP:
         self.load_device = self.patcher.load_device
         self.offload_device = self.patcher.offload_device
         self.dtype = next(iter(encoders.values())).token_embedding_weight.dtype
-        self.compute_dtype = compute_dtype or _default_dtypes(self.load_device)[1]
+        self.compute_dtype = compute_dtype or default_dtypes(self.load_device)[1]
         self.layer_idx: int | None = None  # None: each tower's default output
         self._lookups: dict[str, object] = {}
 
@@ -303,197 +294,3 @@ class TextEncoderStack(torch.nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
-
-
-# --- construction ------------------------------------------------------------------------------------
-
-def normalize_text_model_keys(sd) -> dict:
-    """Drop `IGNORED_KEYS` and put HF-layout keys under `text_model.` where a file lacks that level
-    (old SD1 conversions store `cond_stage_model.transformer.embeddings.*`; ComfyUI renames them too)."""
-    sd = {k: v for k, v in sd.items() if k not in IGNORED_KEYS}
-    if "embeddings.token_embedding.weight" in sd and "text_model.embeddings.token_embedding.weight" not in sd:
-        sd = {(k if k.startswith("text_projection") else "text_model." + k): v for k, v in sd.items()}
-    return sd
-
-
-def text_model_from_state_dict(sd, activation: str, *, dtype=None, device="cpu", heads=None,
-                               where: str = "text encoder") -> ClipTextModel:
-    """Build a `ClipTextModel` from weights whose keys start at the text model (prefix stripped).
-
-    The tensors are cast to `dtype` (default: `diffusion.memory.text_encoder_dtype`) and assigned
-    without an extra copy where they already have it. `where` names the source in error messages.
-    """
-    sd = normalize_text_model_keys(sd)
-    try:
-        config = ClipTextConfig.from_state_dict(sd, activation=activation, heads=heads)
-    except (ClipConfigError, KeyError) as exc:
-        raise TextEncoderError(f"{where}: {exc}") from exc
-    with torch.device("meta"):
-        model = ClipTextModel(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    if missing:
-        raise TextEncoderError(f"{where}: missing {len(missing)} weights, e.g. {missing[:3]}")
-    if unexpected:
-        log.warning("%s: ignoring %d unknown weights, e.g. %s", where, len(unexpected), unexpected[:3])
-    bad = [(k, tuple(sd[k].shape), s) for k, s in expected.items() if tuple(sd[k].shape) != s]
-    if bad:
-        k, got, want = bad[0]
-        raise TextEncoderError(f"{where}: weight {k} has shape {got}, expected {want} ({len(bad)} mismatched)")
-    dtype = dtype or _default_dtypes(device)[0]
-    tensors = {k: sd[k].to(device=device, dtype=dtype) for k in expected}
-    model.load_state_dict(tensors, strict=True, assign=True)
-    return model.requires_grad_(False).eval()
-
-
-def _build(arch: str, tower_sds: dict[str, dict], embedding_dirs, dtype, device, compute_dtype, where):
-    device = torch.device(device) if device is not None else memory.get_torch_device()
-    dtype = dtype or _default_dtypes(device)[0]
-    # Weights start on the CPU (no copy of memory-mapped tensors already in `dtype`); the patcher
-    # moves them to `device` when a prompt is encoded, and diffusion.memory may move them back.
-    encoders = {
-        spec.key: text_model_from_state_dict(
-            tower_sds[spec.key], spec.activation, dtype=dtype, device="cpu",
-            where=f"{where} ({spec.key!r} text encoder)",
-        )
-        for spec in TOWERS[arch]
-    }
-    return CLIP(arch, encoders, embedding_dirs, device=device, compute_dtype=compute_dtype)
-
-
-def clip_from_state_dict(sd, arch: str, embedding_dirs=(), *, dtype=None, device=None, compute_dtype=None) -> CLIP:
-    """CLIP from a checkpoint's state dict with its ORIGINAL prefixes (`cond_stage_model.`, `conditioner.`).
-
-    `dtype`: storage dtype of the weights, `device`: where they live and run, `compute_dtype`:
-    defaults from `diffusion.memory` (fp16 storage; CUDA when present; float32 compute on CPU).
-    """
-    if arch not in TOWERS:
-        raise TextEncoderError(f"unknown architecture {arch!r}; expected one of {ARCHES}")
-    tower_sds = {}
-    for spec in TOWERS[arch]:
-        sub = {k[len(spec.prefix):]: v for k, v in sd.items() if k.startswith(spec.prefix)}
-        if not sub:
-            raise TextEncoderError(f"{arch} checkpoint has no text encoder weights under {spec.prefix!r}")
-        tower_sds[spec.key] = sub
-    return _build(arch, tower_sds, embedding_dirs, dtype, device, compute_dtype, where=f"{arch} checkpoint")
-
-
-# --- separate text-encoder files --------------------------------------------------------------------
-
-# Where a text model starts, by the key of its token embedding, most specific first: transformers
-# files with the `text_model.` level, those without it (transformers 5 CLIPTextModel, some old SD1
-# conversions), then open_clip.
-_ROOT_KEYS = ("text_model.embeddings.token_embedding.weight", "embeddings.token_embedding.weight",
-              "token_embedding.weight")
-
-
-def strip_to_text_model(sd, where: str = "text encoder") -> dict:
-    """Keys below whatever prefix a text-encoder file uses (``, `clip_l.transformer.`, ...),
-    normalised by `normalize_text_model_keys`."""
-    for root in _ROOT_KEYS:
-        for key in sd:
-            if key.endswith(root):
-                prefix = key[: -len(root)]
-                sub = normalize_text_model_keys({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
-                try:
-                    detect_layout(sub)
-                    return sub
-                except ClipConfigError:
-                    continue
-    raise TextEncoderError(f"{where}: no CLIP text model found (no token embedding weights)")
-
-
-def _config_of(sd) -> ClipTextConfig:
-    """Sizes only (activation and heads do not matter to the callers)."""
-    return ClipTextConfig.from_state_dict(normalize_text_model_keys(sd), "gelu", heads=1)
-
-
-def _guess_single_arch(sd) -> str:
-    """Which architecture a lone text-encoder file serves under the `stable_diffusion` kind.
-
-    Like ComfyUI: a bigG-sized model (31+ layers) is the SDXL refiner's, an OpenCLIP model (open_clip
-    layout, or width 1024) is SD2's, anything else is SD1's CLIP-L.
-    """
-    cfg = _config_of(sd)
-    if cfg.layers >= 31:
-        return "sdxl_refiner"
-    if cfg.layout == "open_clip" or cfg.width == 1024:
-        return "sd2"
-    return "sd1"
-
-
-def clip_from_text_encoder_files(sds: list[dict], kind: str, embedding_dirs=(), *, dtype=None,
-                                       device=None, compute_dtype=None, names=None) -> CLIP:
-    """CLIP from the state dicts of separate text-encoder files (HF `text_model.*` or open_clip layout,
-    any prefix; the weights of `diffusion.checkpoint.load_text_encoders`).
-
-    kind: "stable_diffusion" (one file; SD1 / SD2 / refiner guessed from its sizes), "sd1", "sd2",
-    "sdxl_refiner" (one file each) or "sdxl" (two files, CLIP-L and bigG in either order: the wider
-    one, else the deeper one, else the second, is bigG).
-    """
-    names = list(names) if names is not None else [f"text encoder {i + 1}" for i in range(len(sds))]
-    if kind not in TEXT_ENCODER_KINDS:
-        raise TextEncoderError(f"unknown text encoder type {kind!r}; expected one of {TEXT_ENCODER_KINDS}")
-    subs = [strip_to_text_model(sd, where=name) for sd, name in zip(sds, names)]
-    wanted = 2 if kind == "sdxl" else 1
-    if len(subs) != wanted:
-        raise TextEncoderError(f"text encoder type {kind!r} takes {wanted} file(s), got {len(subs)}: {names}")
-    if kind == "sdxl":
-        def size(i):
-            cfg = _config_of(subs[i])
-            return cfg.width, cfg.layers, i
-        g = max(range(2), key=size)
-        tower_sds = {"l": subs[1 - g], "g": subs[g]}
-        where = f"{names[1 - g]} + {names[g]}"
-        arch = "sdxl"
-    else:
-        arch = _guess_single_arch(subs[0]) if kind == "stable_diffusion" else kind
-        tower_sds = {TOWERS[arch][0].key: subs[0]}
-        where = names[0]
-    return _build(arch, tower_sds, embedding_dirs, dtype, device, compute_dtype, where=where)
-
-
-def load_text_encoders(paths, kind: str, embedding_dirs=(), *, dtype=None, device=None, compute_dtype=None) -> CLIP:
-    """CLIPLoader / DualCLIPLoader: read text-encoder files and build a CLIP (see the function above).
-
-    Files are read by `diffusion.checkpoint.read_state_dict` (safetensors memory-mapped, pickles
-    only with weights_only); unreadable files raise its `CheckpointError` naming the file.
-    """
-    from diffusion.checkpoint import read_state_dict
-
-    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    sds = [read_state_dict(p)[0] for p in paths]
-    return clip_from_text_encoder_files(sds, kind, embedding_dirs, dtype=dtype, device=device,
-                                        compute_dtype=compute_dtype, names=[os.fspath(p) for p in paths])
-
-
-# --- scaled-down random models (tests, the demo checkpoint) ----------------------------------------
-
-def random_text_encoder_weights(arch: str, widths: dict[str, int] | None = None, layers: int = 2,
-                                seed: int = 0, dtype=torch.float32) -> dict[str, torch.Tensor]:
-    """Random text-encoder weights for `arch` under the original checkpoint keys.
-
-    `widths` maps tower keys ("l", "h", "g") to their width (default 32 each; heads follow
-    `heads_for_width`); bigG and OpenCLIP-H get a text projection of their own width, as released.
-    The SDXL UNet's context width must equal widths["l"] + widths["g"].
-    """
-    if arch not in TOWERS:
-        raise TextEncoderError(f"unknown architecture {arch!r}; expected one of {ARCHES}")
-    widths = widths or {}
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        out = {}
-        for spec in TOWERS[arch]:
-            width = widths.get(spec.key, 32)
-            config = ClipTextConfig(
-                layout="hf" if spec.key == "l" else "open_clip", width=width, layers=layers,
-                heads=heads_for_width(width), vocab_size=VOCAB_SIZE, context_length=CONTEXT_LENGTH,
-                projection_dim=None if spec.key == "l" else width, activation=spec.activation,
-            )
-            model = ClipTextModel(config).init_weights()
-            out.update({spec.prefix + k: v.to(dtype) for k, v in model.state_dict().items()})
-        return out
-    finally:
-        torch.random.set_rng_state(generator_state)

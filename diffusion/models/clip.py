@@ -15,118 +15,22 @@ Each layout has its own module tree whose `state_dict()` keys are exactly the fi
 prefix, so weights load with `load_state_dict(strict=True)` and a model built here can be saved back in
 the original layout. The forward pass is shared.
 
-Sizes come from keys and shapes (`ClipTextConfig.from_state_dict`). Two things the weights cannot say:
-- heads: released CLIP text models use 64 channels per head (L 768/12, H 1024/16, bigG 1280/20); widths
-  below 256 (only scaled-down test models) use 16 channels per head. Callers may override.
-- activation: OpenAI's CLIP-L uses quick_gelu, the LAION OpenCLIP models use exact gelu; which one a
-  tower is follows from where it sits in the checkpoint, so the caller passes it.
+Sizes come from keys and shapes (`diffusion.loading.config.ClipTextConfig`, which also says how
+heads and activation are decided).
 
 Weights may be stored in a lower precision than the computation (ComfyUI keeps text encoders in fp16
 and computes in fp32 on CPU): every layer casts its weights to the dtype of its input.
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion.attention import attention
-
-LAYOUTS = ("hf", "open_clip")
-ACTIVATIONS = ("quick_gelu", "gelu")
-
-_HF_LAYER = re.compile(r"^text_model\.encoder\.layers\.(\d+)\.")
-_OPEN_CLIP_LAYER = re.compile(r"^transformer\.resblocks\.(\d+)\.")
-
-
-class ClipConfigError(ValueError):
-    """A state dict does not hold a CLIP text transformer we can build."""
-
-
-def heads_for_width(width: int) -> int:
-    """Attention heads of a CLIP text model of this width (see the module docstring)."""
-    head_width = 64 if width >= 256 else 16
-    if width % head_width:
-        raise ClipConfigError(f"CLIP text width {width} is not a multiple of {head_width}; pass heads explicitly")
-    return width // head_width
-
-
-@dataclass(frozen=True)
-class ClipTextConfig:
-    layout: str  # "hf" | "open_clip"
-    width: int
-    layers: int
-    heads: int
-    vocab_size: int
-    context_length: int
-    projection_dim: int | None  # None: the file has no text projection (identity for pooled)
-    activation: str  # "quick_gelu" | "gelu"
-    eps: float = 1e-5
-
-    def __post_init__(self):
-        if self.layout not in LAYOUTS:
-            raise ClipConfigError(f"unknown CLIP layout {self.layout!r}; expected one of {LAYOUTS}")
-        if self.activation not in ACTIVATIONS:
-            raise ClipConfigError(f"unknown CLIP activation {self.activation!r}; expected one of {ACTIVATIONS}")
-        if self.width % self.heads:
-            raise ClipConfigError(f"CLIP width {self.width} is not divisible by {self.heads} heads")
-
-    @property
-    def mlp_width(self) -> int:
-        return 4 * self.width
-
-    @classmethod
-    def from_state_dict(cls, sd, activation: str, heads: int | None = None) -> "ClipTextConfig":
-        """Read the sizes from `sd`, whose keys start where the text model starts (prefix stripped)."""
-        layout = detect_layout(sd)
-        if layout == "hf":
-            token = sd["text_model.embeddings.token_embedding.weight"]
-            context = sd["text_model.embeddings.position_embedding.weight"].shape[0]
-            layer_re = _HF_LAYER
-            proj = sd.get("text_projection.weight")
-            projection_dim = None if proj is None else proj.shape[0]
-            mlp_key = "text_model.encoder.layers.0.mlp.fc1.weight"
-        else:
-            token = sd["token_embedding.weight"]
-            context = sd["positional_embedding"].shape[0]
-            layer_re = _OPEN_CLIP_LAYER
-            proj = sd.get("text_projection")
-            projection_dim = None if proj is None else proj.shape[1]
-            mlp_key = "transformer.resblocks.0.mlp.c_fc.weight"
-        vocab_size, width = token.shape
-        layer_ids = {int(m.group(1)) for k in sd for m in [layer_re.match(k)] if m}
-        if not layer_ids:
-            raise ClipConfigError(f"CLIP text model ({layout} layout) has no transformer layers")
-        layers = max(layer_ids) + 1
-        if layer_ids != set(range(layers)):
-            raise ClipConfigError(f"CLIP text model is missing layers {sorted(set(range(layers)) - layer_ids)}")
-        if mlp_key in sd and sd[mlp_key].shape[0] != 4 * width:
-            raise ClipConfigError(f"CLIP MLP width {sd[mlp_key].shape[0]} is not 4 x {width}")
-        return cls(
-            layout=layout,
-            width=width,
-            layers=layers,
-            heads=heads if heads is not None else heads_for_width(width),
-            vocab_size=vocab_size,
-            context_length=context,
-            projection_dim=projection_dim,
-            activation=activation,
-        )
-
-
-def detect_layout(sd) -> str:
-    """"hf" or "open_clip" for a text-model state dict with its prefix stripped."""
-    if "text_model.embeddings.token_embedding.weight" in sd:
-        return "hf"
-    if "token_embedding.weight" in sd and "positional_embedding" in sd:
-        return "open_clip"
-    sample = ", ".join(sorted(sd)[:3]) or "no keys"
-    raise ClipConfigError(f"not a CLIP text model: no token embedding found (keys start: {sample})")
-
+from diffusion.loading.config import ClipTextConfig
+from diffusion.models.attention import attention
 
 # --- layers whose weights are cast to the input's dtype (storage dtype may differ from compute) ----
 
@@ -312,19 +216,6 @@ class ClipTextModel(nn.Module):
         if self.config.layout == "hf":
             return self.text_projection(pooled)
         return pooled @ self.text_projection.to(pooled.dtype)
-
-    @torch.no_grad()
-    def init_weights(self, std: float = 0.02) -> "ClipTextModel":
-        """Random weights (normal, std 0.02; norms at 1/0): for scaled-down test and demo models."""
-        for name, p in self.named_parameters():
-            if name.endswith(("layer_norm1.weight", "layer_norm2.weight", "ln_1.weight", "ln_2.weight",
-                              "final_layer_norm.weight", "ln_final.weight")):
-                p.fill_(1.0)
-            elif name.endswith("bias"):
-                p.zero_()
-            else:
-                p.normal_(0.0, std)
-        return self
 
     def embed_tokens(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Token embeddings [B, N, width] for ids [B, N] (no positions), in `dtype`."""

@@ -1,7 +1,7 @@
 """CLIP byte-level BPE tokenizer (the 49,408-token vocabulary of SD1/SDXL text encoders).
 
-The vocabulary ships as ``diffusion/data/bpe_simple_vocab_16e6.txt.gz`` (OpenAI's merge list, see
-``diffusion/data/README.md``); nothing is fetched at run time.
+The vocabulary ships as ``diffusion/text/data/bpe_simple_vocab_16e6.txt.gz`` (OpenAI's merge list, see
+``diffusion/text/data/README.md``); nothing is fetched at run time.
 
 Text cleanup follows what ComfyUI's tokenizer does with the transformers ``CLIPTokenizer`` of
 transformers 5 (the tokenizers-backed one): Unicode NFC, every run of Unicode whitespace becomes one

@@ -1,17 +1,9 @@
-"""Load model files: read the tensors, split a single-file checkpoint into its parts, detect the
+"""Load model files: split a single-file checkpoint into its parts, detect the
 architecture, and build the runtime objects (MODEL, CLIP, VAE).
 
-Reading
-- .safetensors: the file is memory-mapped (private, copy-on-write) and every tensor is a view into
-  that mapping, so loading allocates nothing until a tensor is converted; modules built on the meta
-  device take these views as their parameters (`load_state_dict(assign=True)`): no second copy.
-  Only a tensor whose offset is not aligned to its element size is copied.
-- .ckpt/.pt/.pth/.bin: only `torch.load(weights_only=True, mmap=True)`: plain tensors and containers,
-  never arbitrary pickled objects.
-Storage dtypes fp32, fp16 and bf16 (and the usual integer/fp8 ones) are accepted; the dtype used
-to compute is chosen by `diffusion/memory.py`.
+Files are read by diffusion/loading/files.py (memory-mapped safetensors, weights-only pickles).
 
-Architecture (`detect_arch` / `UNetConfig.arch`): from the UNet's structure, see diffusion/config.py.
+Architecture (`detect_arch` / `UNetConfig.arch`): from the UNet's structure, see diffusion/loading/config.py.
 Prediction type: SD1 and SDXL are eps. SD2 files carry no reliable flag, so `prediction="auto"`
 decides in this order: safetensors metadata `modelspec.prediction_type` / `prediction_type`; a
 `v_pred` marker key; the known signature of trained SD2 v-models (their last output block's first
@@ -20,39 +12,23 @@ norm1 bias has a standard deviation above 0.09, eps models stay below); otherwis
 """
 from __future__ import annotations
 
-import json
-import math
 import os
-import struct
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import ConfigError, UNetConfig, detect_unet_config
+from diffusion import memory
+from diffusion.loading.config import ConfigError, UNetConfig, detect_unet_config
+from diffusion.loading.files import CheckpointError, read_state_dict
+from diffusion.loading.text_encoders import clip_from_state_dict, clip_from_text_encoder_files
+from diffusion.model_patcher import ModelPatcher
+from diffusion.models.unet import UNetModel
+from diffusion.models.vae import VAE
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIXES = ("cond_stage_model.", "conditioner.embedders.")
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
-
-_ST_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-_ST_DTYPES.update({name: getattr(torch, attr) for name, attr in
-                   (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")) if hasattr(torch, attr)})
-
-
-class CheckpointError(Exception):
-    """A model file cannot be used; the message names the file and what is wrong with it."""
-
-    def __init__(self, path, problem: str):
-        self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 @dataclass
@@ -64,111 +40,6 @@ class LoadedCheckpoint:
 
     def __iter__(self):  # so `model, clip, vae, arch = load_checkpoint(...)` works
         return iter((self.model, self.clip, self.vae, self.arch))
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading files
-
-def read_safetensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors of a .safetensors file as views into a private memory map, and its metadata."""
-    path = Path(path)
-    size = path.stat().st_size
-    if size < 8:
-        raise CheckpointError(path, f"file is {size} bytes, too short to be safetensors (truncated?)")
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
-        if header_len > size - 8 or header_len > 100_000_000:
-            raise CheckpointError(path, f"header claims {header_len} bytes but the file has {size}; "
-                                        "the file is truncated or not safetensors")
-        raw = f.read(header_len)
-    try:
-        header = json.loads(raw)
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(path, f"header is not valid safetensors JSON ({e}); file corrupt?") from None
-    metadata = header.pop("__metadata__", None) or {}
-    data_start = 8 + header_len
-    data_len = size - data_start
-
-    entries = []
-    for name, info in header.items():
-        try:
-            dtype = _ST_DTYPES[info["dtype"]]
-            shape = [int(s) for s in info["shape"]]
-            begin, end = (int(o) for o in info["data_offsets"])
-        except KeyError as e:
-            raise CheckpointError(path, f"tensor {name!r}: unsupported or missing field {e}") from None
-        except (TypeError, ValueError):
-            raise CheckpointError(path, f"tensor {name!r}: malformed header entry {info!r}") from None
-        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        if end - begin != nbytes or begin < 0:
-            raise CheckpointError(path, f"tensor {name!r}: offsets {begin}..{end} do not fit shape "
-                                        f"{shape} of {info['dtype']}")
-        if end > data_len:
-            raise CheckpointError(path, f"tensor {name!r} ends at byte {data_start + end} but the file "
-                                        f"has {size} bytes: the file is truncated")
-        entries.append((name, dtype, shape, begin, end))
-
-    tensors: dict[str, torch.Tensor] = {}
-    if not entries:
-        return tensors, metadata
-    # shared=False maps the file MAP_PRIVATE: pages come from the page cache on first touch and are
-    # never written back; an accidental in-place edit copies just that page.
-    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=size)
-    raw_bytes = torch.empty(0, dtype=torch.uint8).set_(storage)
-    for name, dtype, shape, begin, end in entries:
-        item = torch.empty((), dtype=dtype).element_size()
-        offset = data_start + begin
-        if offset % item == 0:
-            t = torch.empty(0, dtype=dtype).set_(storage, offset // item, shape)
-        else:  # unaligned writer: this tensor alone is copied
-            t = raw_bytes[offset:offset + (end - begin)].clone().view(dtype).reshape(shape)
-        tensors[name] = t
-    return tensors, metadata
-
-
-def read_pickle(path) -> dict[str, torch.Tensor]:
-    path = Path(path)
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e) and "zip" not in str(e).lower():
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except Exception as e:
-        if type(e).__name__ == "UnpicklingError" or "weights_only" in str(e):
-            raise CheckpointError(path, "contains pickled Python objects other than tensors; refusing to "
-                                        "load it (convert it to .safetensors)") from None
-        raise CheckpointError(path, f"cannot be read as a PyTorch checkpoint ({type(e).__name__}: "
-                                    f"{e}); truncated or corrupt?") from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise CheckpointError(path, f"holds a {type(obj).__name__}, not a state dict")
-    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not tensors:
-        raise CheckpointError(path, "holds no tensors")
-    return tensors
-
-
-def read_state_dict(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """(tensors, metadata) of a model file; raises CheckpointError for missing or unreadable files."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(path, "file not found")
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors" or suffix == ".sft":
-        return read_safetensors(path)
-    if suffix in PICKLE_SUFFIXES:
-        return read_pickle(path), {}
-    # Unknown extension: sniff. Zip (torch.save) starts with PK; anything else, try safetensors.
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    if magic == b"PK":
-        return read_pickle(path), {}
-    return read_safetensors(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,8 +113,6 @@ def _detect_config(unet_sd, metadata, path) -> UNetConfig:
 
 def build_unet(unet_sd: dict, config: UNetConfig, dtype: torch.dtype, device, path="state dict"):
     """A UNetModel whose parameters are the given tensors (cast to `dtype`/`device` only if needed)."""
-    from .unet import UNetModel
-
     with torch.device("meta"):
         model = UNetModel(config)
     sd = {k: _to(v, dtype, device) for k, v in unet_sd.items()}
@@ -265,9 +134,6 @@ def _to(t: torch.Tensor, dtype, device) -> torch.Tensor:
 
 
 def _make_model(unet_sd, metadata, path, full_sd=None, prediction="auto", settings=None):
-    from . import memory
-    from .model_patcher import ModelPatcher
-
     config = _detect_config(unet_sd, metadata, path)
     pred = detect_prediction(unet_sd, config, metadata, full_sd, prediction)
     device = memory.unet_device(settings)
@@ -285,8 +151,6 @@ def _stored_dtype(sd: dict):
 
 
 def _make_vae(vae_sd, path):
-    from .vae import VAE  # written by the VAE colleague; imported late so this module stands alone
-
     try:
         return VAE.from_state_dict(vae_sd)
     except CheckpointError:
@@ -296,8 +160,6 @@ def _make_vae(vae_sd, path):
 
 
 def _make_clip(clip_sd, arch, path, embedding_dirs):
-    from .text_encoders import clip_from_state_dict  # CLIP colleague's module
-
     try:
         return clip_from_state_dict(clip_sd, arch, embedding_dirs=embedding_dirs)
     except CheckpointError:
@@ -344,11 +206,13 @@ def load_vae(path):
     return _make_vae(sd, path)
 
 
-def load_text_encoders(paths, kind: str, embedding_dirs=()):
-    """CLIP from one or more text-encoder files; `kind` is the arch ("sd1", "sd2", "sdxl", ...)
-    or a CLIPLoader type name, passed on to diffusion.text_encoders."""
-    from . import text_encoders
+def load_text_encoders(paths, kind: str, embedding_dirs=(), *, dtype=None, device=None, compute_dtype=None):
+    """CLIPLoader / DualCLIPLoader: CLIP from one or more text-encoder files.
 
+    `kind` is a CLIPLoader type name or an arch ("stable_diffusion", "sd1", "sd2", "sdxl",
+    "sdxl_refiner"; see `diffusion.loading.text_encoders.clip_from_text_encoder_files`). Unreadable
+    files raise `CheckpointError` naming the file.
+    """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if not paths:
         raise ValueError("load_text_encoders: no files given")
@@ -358,10 +222,5 @@ def load_text_encoders(paths, kind: str, embedding_dirs=()):
         if not sd:
             raise CheckpointError(p, "holds no tensors")
         state_dicts.append(sd)
-    loader = getattr(text_encoders, "clip_from_text_encoder_files", None)
-    if loader is not None:  # the CLIP module knows the standalone layouts
-        return loader(state_dicts, kind, embedding_dirs=embedding_dirs)
-    merged = {}
-    for sd in state_dicts:
-        merged.update(sd)
-    return _make_clip(merged, kind, paths[0], embedding_dirs)
+    return clip_from_text_encoder_files(state_dicts, kind, embedding_dirs, dtype=dtype, device=device,
+                                        compute_dtype=compute_dtype, names=[os.fspath(p) for p in paths])

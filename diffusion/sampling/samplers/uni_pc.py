@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .samplers_common import report, setup, steps
+from diffusion.sampling.samplers.common import report, setup, steps
 
 FINAL_SIGMA = 0.001
 
@@ -118,6 +118,3 @@ def sample_uni_pc(model, x, sigmas, extra_args=None, callback=None, disable=None
 def sample_uni_pc_bh2(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """UniPC (Zhao et al. 2023), B(h) = e^h - 1 ('bh2'), up to third order."""
     return _sample_uni_pc(model, x, sigmas, extra_args, callback, disable, "bh2")
-
-
-SAMPLERS = {"uni_pc": sample_uni_pc, "uni_pc_bh2": sample_uni_pc_bh2}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .samplers_common import (ancestral_step, capture_uncond, report, setup, sigma_of_t, step_noise, steps,
+from diffusion.sampling.samplers.common import (ancestral_step, capture_uncond, report, setup, sigma_of_t, step_noise, steps,
                               t_of_sigma, to_d)
 
 
@@ -269,7 +269,3 @@ def sample_er_sde(model, x, sigmas, extra_args=None, callback=None, disable=None
                     (lam_t ** 2 - lam_s ** 2 * r ** 2).sqrt().nan_to_num(nan=0.0)
         old_denoised = denoised
     return x
-
-
-SAMPLERS = {name[len("sample_"):]: fn for name, fn in dict(globals()).items()
-            if name.startswith("sample_") and callable(fn)}
