@@ -122,7 +122,7 @@ def _without_last_layer(model):
 
 def tokenizer_dir(root: Path) -> Path:
     """vocab.json + merges.txt for transformers' CLIPTokenizer from the BPE file the project ships."""
-    from diffusion.tokenizer import build_vocab, read_merges
+    from diffusion.text.tokenizer import build_vocab, read_merges
 
     merges = read_merges()
     vocab = build_vocab(merges)

@@ -6,9 +6,9 @@ that take only the schedule's range (test_sampling_vs_kdiffusion.py)."""
 import pytest
 import torch
 
-from diffusion import samplers
-from diffusion.model_sampling import ModelSampling
-from diffusion.schedulers import calculate_sigmas
+from diffusion.sampling import registry as samplers
+from diffusion.sampling.model_sampling import ModelSampling
+from diffusion.sampling.schedulers import calculate_sigmas
 from sampling_fakes import denoiser_from_eps_net
 
 ELSEWHERE = {"uni_pc", "uni_pc_bh2", "dpm_fast", "dpm_adaptive"}
