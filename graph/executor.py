@@ -25,7 +25,7 @@ from graph.outputs import merge_outputs, merge_ui, normalize
 from graph.prompt import DynamicPrompt
 from graph.scheduler import Scheduler
 from graph.signature import SignatureBuilder
-from graph.types import is_link, sorted_ids
+from graph.types import sorted_ids
 from graph.value_checks import ValueChecks
 
 
