@@ -10,10 +10,13 @@ budget, least recently used evicted first), none (nothing kept across prompts).
 """
 from __future__ import annotations
 
+import logging
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -147,8 +150,8 @@ def estimate_size(value: Any) -> int:
                     seen.add(ptr)
                     total += int(st.nbytes())
                 continue
-            except Exception:
-                pass
+            except Exception:  # not a real tensor storage: counted by nbytes or contents below
+                log.debug("storage size unknown for %s", type(v).__name__, exc_info=True)
         nbytes = getattr(v, "nbytes", None)
         if isinstance(nbytes, int) and not isinstance(v, (bytes, bytearray)):
             total += nbytes

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Iterator, Optional
 
-import networkx as nx
-
 from graph.types import is_link
 
 
@@ -71,32 +69,3 @@ class DynamicPrompt:
             if is_link(value):
                 yield name, value[0], int(value[1])
 
-
-def link_graph(prompt: dict, node_ids=None) -> nx.DiGraph:
-    """Directed graph upstream -> downstream over `node_ids` (default: all) of an API prompt."""
-    ids = set(prompt) if node_ids is None else set(node_ids)
-    g = nx.DiGraph()
-    g.add_nodes_from(ids)
-    for nid in ids:
-        for value in (prompt[nid].get("inputs") or {}).values():
-            if isinstance(value, list) and len(value) == 2 and value[0] in ids:
-                g.add_edge(value[0], nid)
-    return g
-
-
-def find_cycles(prompt: dict, node_ids) -> list[list[str]]:
-    """Each strongly connected component that is a real cycle, as a list of node ids in order."""
-    g = link_graph(prompt, node_ids)
-    cycles = []
-    for comp in nx.strongly_connected_components(g):
-        if len(comp) == 1:
-            (only,) = comp
-            if not g.has_edge(only, only):
-                continue
-        sub = g.subgraph(comp)
-        try:
-            cycle = [u for u, _v in nx.find_cycle(sub)]
-        except nx.NetworkXNoCycle:  # pragma: no cover - an SCC always has one
-            cycle = sorted(comp)
-        cycles.append(cycle)
-    return cycles

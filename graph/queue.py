@@ -266,13 +266,6 @@ class PromptStore:
         with self._lock:
             self._work.notify_all()
 
-    def renew_lease(self, prompt_id: str, worker_id: str, lease_s: float = 3600.0) -> bool:
-        def renew(db):
-            cur = db.execute("UPDATE prompts SET lease_until=? WHERE prompt_id=? AND state=? AND "
-                             "worker_id=?", (time.time() + lease_s, prompt_id, RUNNING, worker_id))
-            return cur.rowcount == 1
-        return self._tx(renew)
-
     def finish(self, prompt_id: str, status_str: str, completed: bool, outputs: dict,
                messages: list, meta: dict, *, worker_id: str | None = None,
                interrupted: bool = False) -> QueueItem:

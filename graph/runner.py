@@ -10,7 +10,6 @@ with one value changed re-runs only that node and what depends on it.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -153,6 +152,3 @@ class Runner:
     def interrupt(self) -> None:
         self.executor.interrupt()
 
-
-def dumps_outputs(result: RunResult) -> str:
-    return json.dumps(result.outputs, indent=2, default=str)

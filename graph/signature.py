@@ -14,11 +14,14 @@ from __future__ import annotations
 import hashlib
 import inspect
 import itertools
+import logging
 import math
 from typing import Any, Callable, Optional
 
 from graph.node_class import ClassInfoCache, hidden_kind, run_maybe_async
 from graph.types import is_link
+
+log = logging.getLogger(__name__)
 
 _unique_counter = itertools.count()
 
@@ -114,7 +117,8 @@ def is_changed_value(info, node_id: str, inputs: dict, extra_pnginfo=None) -> An
     try:
         result = run_maybe_async(func(**args))
         return canonical(result)
-    except Exception:
+    except Exception:  # COMPAT: a failing IS_CHANGED means "changed", the node runs every time
+        log.debug("IS_CHANGED of %s failed", info.cls.__name__, exc_info=True)
         return _unique("is_changed")
 
 
@@ -162,7 +166,8 @@ class SignatureBuilder:
         node = self._get_node(node_id)
         try:
             info = self.infos.get_info(self._class_of(node_id))
-        except Exception:
+        except Exception:  # the node fails when it is run; its key must just never hit
+            log.debug("no class info for node %s", node_id, exc_info=True)
             return _unique("unknown-class")
         parts = [node["class_type"]]
         parts.append(is_changed_value(info, node_id, self._inputs(node_id), self._extra_pnginfo)

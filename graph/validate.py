@@ -7,12 +7,11 @@ coerce to False, and nothing recurses, so a 100,000-node chain validates like a 
 from __future__ import annotations
 
 import traceback
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from graph.node_class import ClassInfo, ClassInfoCache, hidden_kind, run_maybe_async
-from graph.prompt import find_cycles
+from graph.ordering import cycle_path, find_cycles, topological_order
 from graph.types import SCALAR_TYPES, coerce_scalar, node_id_key, sorted_ids, types_match
 
 COMBO_ECHO_LIMIT = 20
@@ -264,25 +263,15 @@ def validate_prompt(prompt: dict, registry, partial_execution_targets=None) -> V
         todo.extend(u for u in ups[nid] if u not in own)
 
     # Health flows downstream in topological order; nodes left over sit on or after a cycle.
-    downstream: dict[str, list] = {n: [] for n in own}
-    missing = {}
-    for nid, us in ups.items():
-        missing[nid] = len(us)
-        for u in us:
-            downstream[u].append(nid)
+    order, leftover = topological_order(ups)
     healthy: dict[str, bool] = {}
-    ready = deque(n for n, k in missing.items() if k == 0)
-    while ready:
-        nid = ready.popleft()
+    for nid in order:
         healthy[nid] = not own[nid] and all(healthy[u] for u in ups[nid])
-        for d in downstream[nid]:
-            missing[d] -= 1
-            if missing[d] == 0:
-                ready.append(d)
-    leftover = [n for n in own if n not in healthy]
     if leftover:
-        for cycle in find_cycles(prompt, leftover):
-            path = " -> ".join(cycle + cycle[:1])
+        stuck = set(leftover)
+        edges = [(u, nid) for nid in leftover for u in ups[nid] if u in stuck]
+        for cycle in find_cycles(edges):
+            path = cycle_path(cycle)
             for nid in cycle:
                 own[nid].append(reason("dependency_cycle", "Dependency cycle detected",
                                        f"node {nid} is on the cycle {path}", cycle=list(cycle)))

@@ -4,6 +4,9 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
+from graph.contract import ValueType
+from nodes.value_types import BUILTIN_VALUE_TYPES
+
 log = logging.getLogger(__name__)
 
 
@@ -23,6 +26,7 @@ class NodeRegistry:
         self._classes: dict[str, type] = {}
         self._display: dict[str, str] = {}
         self._module: dict[str, str] = {}
+        self._value_types: dict[str, ValueType] = dict(BUILTIN_VALUE_TYPES)
 
     # -- what graph/ needs ------------------------------------------------------------------
     def get_class(self, class_type: str) -> Optional[type]:
@@ -30,6 +34,13 @@ class NodeRegistry:
 
     def __contains__(self, class_type) -> bool:
         return class_type in self._classes
+
+    def value_type(self, type_name: str) -> Optional[ValueType]:
+        """How the executor checks a value of this type at run time; None: not checked."""
+        return self._value_types.get(type_name)
+
+    def register_value_type(self, type_name: str, value_type: ValueType) -> None:
+        self._value_types[type_name] = value_type
 
     # -- registration ---------------------------------------------------------------------
     def register(self, class_type: str, cls: type, display_name: Optional[str] = None,

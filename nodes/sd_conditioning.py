@@ -10,19 +10,6 @@ from __future__ import annotations
 from nodes.spec import MAX_RESOLUTION, Float, Int, Link, Out, String, mappings, node
 
 
-def _require_clip(clip, node: str):
-    if clip is None:
-        raise RuntimeError(f"{node}: the clip input is None. If it comes from a checkpoint loader, that "
-                           "checkpoint holds no text encoder; load one with a CLIP loader node.")
-    return clip
-
-
-def _require_text(text, node: str, name: str = "text") -> str:
-    if not isinstance(text, str):
-        raise TypeError(f"{node}: input '{name}' must be a string, got {type(text).__name__}")
-    return text
-
-
 def encode(clip, tokens: dict, extra: dict | None = None) -> list:
     """CONDITIONING of one prompt: [[cond, {"pooled_output": pooled, **extra}]]."""
     cond, pooled = clip.encode_from_tokens(tokens, return_pooled=True)
@@ -49,7 +36,7 @@ def _pad_to_same_length(tokens: dict, clip) -> dict:
       inputs=[Link("clip", "CLIP"), Int("stop_at_clip_layer", -1, min=-24, max=-1, step=1)])
 class CLIPSetLastLayer:
     def execute(self, clip, stop_at_clip_layer):
-        clip = _require_clip(clip, "CLIPSetLastLayer").clone()  # never change the loader's object
+        clip = clip.clone()  # never change the loader's object
         clip.set_last_layer(int(stop_at_clip_layer))
         return (clip,)
 
@@ -65,8 +52,6 @@ def _prompt(name: str, tooltip: str | None = None):
               Link("clip", "CLIP", tooltip="The text encoder to use.")])
 class CLIPTextEncode:
     def execute(self, clip, text):
-        clip = _require_clip(clip, "CLIPTextEncode")
-        text = _require_text(text, "CLIPTextEncode")
         return (encode(clip, clip.tokenize(text)),)
 
 
@@ -80,9 +65,6 @@ def _size(name: str, default: int):
               _prompt("text_g"), _prompt("text_l")])
 class CLIPTextEncodeSDXL:
     def execute(self, clip, width, height, crop_w, crop_h, target_width, target_height, text_g, text_l):
-        clip = _require_clip(clip, "CLIPTextEncodeSDXL")
-        text_g = _require_text(text_g, "CLIPTextEncodeSDXL", "text_g")
-        text_l = _require_text(text_l, "CLIPTextEncodeSDXL", "text_l")
         tokens = dict(clip.tokenize(text_g))
         if "l" in tokens:  # text_l goes to CLIP-L, text_g to bigG
             tokens["l"] = clip.tokenize(text_l)["l"]
@@ -97,8 +79,6 @@ class CLIPTextEncodeSDXL:
               _size("height", 1024), _prompt("text"), Link("clip", "CLIP")])
 class CLIPTextEncodeSDXLRefiner:
     def execute(self, clip, ascore, width, height, text):
-        clip = _require_clip(clip, "CLIPTextEncodeSDXLRefiner")
-        text = _require_text(text, "CLIPTextEncodeSDXLRefiner")
         tokens = clip.tokenize(text)
         return (encode(clip, tokens, {"aesthetic_score": ascore, "width": width, "height": height}),)
 

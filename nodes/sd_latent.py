@@ -12,25 +12,7 @@ from diffusion.models.latent_formats import empty_latent
 from nodes.spec import MAX_RESOLUTION, Int, Link, Out, mappings, node
 
 
-def _require_vae(vae, node: str):
-    if vae is None:
-        raise RuntimeError(f"{node}: the vae input is None. If it comes from a checkpoint loader, that "
-                           "checkpoint holds no VAE; load one with VAELoader.")
-    return vae
-
-
-def require_latent(value, node: str, input_name: str = "samples") -> torch.Tensor:
-    """The samples tensor of a LATENT input, or a TypeError naming the node and input."""
-    if not isinstance(value, dict) or not isinstance(value.get("samples"), torch.Tensor):
-        raise TypeError(f"{node}: {input_name} must be a LATENT (a dict with a 'samples' tensor), "
-                        f"got {type(value).__name__}")
-    return value["samples"]
-
-
-def _require_image(pixels, node: str) -> torch.Tensor:
-    if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4:
-        raise TypeError(f"{node}: pixels must be an IMAGE tensor [B,H,W,C], got "
-                        f"{getattr(pixels, 'shape', type(pixels).__name__)}")
+def _rgb(pixels: torch.Tensor) -> torch.Tensor:
     # Some image nodes pass RGBA; the VAE encodes colour only (as ComfyUI's VAEEncode does).
     return pixels[:, :, :, :3]
 
@@ -56,16 +38,14 @@ class EmptyLatentImage:
               Link("vae", "VAE", tooltip="The VAE matching the model that made the latents.")])
 class VAEDecode:
     def execute(self, samples, vae):
-        latent = require_latent(samples, "VAEDecode")
-        return (_require_vae(vae, "VAEDecode").decode(latent),)
+        return (vae.decode(samples["samples"]),)
 
 
 @node(category="latent", display_name="VAE Encode", outputs=[Out("LATENT")],
       inputs=[Link("pixels", "IMAGE"), Link("vae", "VAE")])
 class VAEEncode:
     def execute(self, pixels, vae):
-        image = _require_image(pixels, "VAEEncode")
-        return ({"samples": _require_vae(vae, "VAEEncode").encode(image)},)
+        return ({"samples": vae.encode(_rgb(pixels))},)
 
 
 def _tile_inputs(tile_step: int) -> list:
@@ -89,18 +69,14 @@ def _clamp_overlap(tile_size: int, overlap: int) -> int:
       inputs=[Link("samples", "LATENT"), Link("vae", "VAE"), *_tile_inputs(32)])
 class VAEDecodeTiled:
     def execute(self, samples, vae, tile_size, overlap=64, temporal_size=64, temporal_overlap=8):
-        latent = require_latent(samples, "VAEDecodeTiled")
-        vae = _require_vae(vae, "VAEDecodeTiled")
-        return (vae.decode_tiled(latent, tile=tile_size, overlap=_clamp_overlap(tile_size, overlap)),)
+        return (vae.decode_tiled(samples["samples"], tile=tile_size, overlap=_clamp_overlap(tile_size, overlap)),)
 
 
 @node(category="_for_testing", display_name="VAE Encode (Tiled)", outputs=[Out("LATENT")],
       inputs=[Link("pixels", "IMAGE"), Link("vae", "VAE"), *_tile_inputs(64)])
 class VAEEncodeTiled:
     def execute(self, pixels, vae, tile_size, overlap=64, temporal_size=64, temporal_overlap=8):
-        image = _require_image(pixels, "VAEEncodeTiled")
-        vae = _require_vae(vae, "VAEEncodeTiled")
-        tiled = vae.encode_tiled(image, tile=tile_size, overlap=_clamp_overlap(tile_size, overlap))
+        tiled = vae.encode_tiled(_rgb(pixels), tile=tile_size, overlap=_clamp_overlap(tile_size, overlap))
         return ({"samples": tiled},)
 
 

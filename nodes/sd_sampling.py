@@ -13,7 +13,6 @@ from diffusion import previews
 from diffusion.sampling import ksampler as sampling
 from graph.progress import check_interrupt, current_node, report_progress
 from nodes import folder_paths
-from nodes.sd_latent import require_latent
 from nodes.spec import Combo, Float, Int, Link, Out, mappings, node
 
 SEED_MAX = 0xFFFFFFFFFFFFFFFF  # COMPAT §10: seeds 0..2^64-1 are accepted
@@ -43,19 +42,6 @@ def _common_inputs(seed_name: str, seed_tip: str) -> list:
 
 
 _MODEL = Link("model", "MODEL", tooltip="The diffusion model that predicts the noise.")
-
-
-def _check_conditioning(cond, node: str, name: str) -> list:
-    if not isinstance(cond, list) or not all(isinstance(c, (list, tuple)) and len(c) == 2 for c in cond):
-        raise TypeError(f"{node}: {name} must be CONDITIONING (a list of [tensor, dict] pairs), "
-                        f"got {type(cond).__name__}")
-    return cond
-
-
-def _check_model(model, node: str):
-    if model is None:
-        raise RuntimeError(f"{node}: the model input is None; connect a checkpoint or UNet loader.")
-    return model
 
 
 def _progress_callback(model):
@@ -91,14 +77,11 @@ def _previewer(model):
                                   vae_approx_dirs=folder_paths.get_folder_paths("vae_approx"))
 
 
-def common_ksampler(node: str, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,
+def common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent,
                     denoise=1.0, disable_noise=False, start_step=None, last_step=None,
                     force_full_denoise=False):
     """Sample `latent` and return a copy of the LATENT dict with the new samples."""
-    model = _check_model(model, node)
-    latent_image = require_latent(latent, node, "latent_image")
-    positive = _check_conditioning(positive, node, "positive")
-    negative = _check_conditioning(negative, node, "negative")
+    latent_image = latent["samples"]
     check_interrupt()
     if disable_noise:
         noise = torch.zeros(latent_image.shape, dtype=latent_image.dtype, device="cpu")
@@ -124,8 +107,8 @@ def common_ksampler(node: str, model, seed, steps, cfg, sampler_name, scheduler,
 class KSampler:
     def execute(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
                 denoise=1.0):
-        return common_ksampler("KSampler", model, seed, steps, cfg, sampler_name, scheduler, positive,
-                               negative, latent_image, denoise=denoise)
+        return common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                               latent_image, denoise=denoise)
 
 
 @node(category="sampling", display_name="KSampler (Advanced)", outputs=[Out("LATENT")],
@@ -135,10 +118,10 @@ class KSampler:
               Combo("return_with_leftover_noise", ["disable", "enable"])])
 class KSamplerAdvanced:
     def execute(self, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
-                latent_image, start_at_step, end_at_step, return_with_leftover_noise, denoise=1.0):
+                latent_image, start_at_step, end_at_step, return_with_leftover_noise):
         return common_ksampler(
-            "KSamplerAdvanced", model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
-            latent_image, denoise=denoise, disable_noise=add_noise == "disable",
+            model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
+            latent_image, disable_noise=add_noise == "disable",
             start_step=start_at_step, last_step=end_at_step,
             force_full_denoise=return_with_leftover_noise != "enable")
 

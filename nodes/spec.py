@@ -15,6 +15,7 @@ Combo options may be a callable, evaluated on every INPUT_TYPES() call (folders 
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -83,6 +84,41 @@ class Out:
     tooltip: Optional[str] = None
 
 
+def _parameters(cls, function: str) -> list:
+    """The parameters the engine fills in when it calls cls().function(**arguments)."""
+    raw = inspect.getattr_static(cls, function)
+    params = list(inspect.signature(getattr(cls, function)).parameters.values())
+    if not isinstance(raw, (staticmethod, classmethod)):
+        params = params[1:]  # self
+    return params
+
+
+def _check_signature(cls, function: str, inputs: list, hidden: Optional[dict]) -> None:
+    """The method must take exactly the declared inputs: the engine passes them by name, and
+    leaves an optional input out when it is not connected, so that one needs a default."""
+    where = f"{cls.__qualname__}.{function}"
+    declared = {i.name: i for i in inputs}
+    params = _parameters(cls, function)
+    named = {}
+    for p in params:
+        if p.kind is p.POSITIONAL_ONLY:
+            raise TypeError(f"{where}: parameter '{p.name}' is positional-only; inputs are passed by name")
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            named[p.name] = p
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params)
+    for name, p in named.items():
+        if name not in declared and name not in (hidden or {}):
+            raise TypeError(f"{where}: parameter '{name}' is not a declared input "
+                            f"(inputs: {', '.join(declared) or 'none'})")
+        spec = declared.get(name)
+        if spec is not None and spec.optional and p.default is p.empty:
+            raise TypeError(f"{where}: optional input '{name}' needs a default value "
+                            f"(it is left out when not connected)")
+    for name in [*declared, *(hidden or {})]:
+        if name not in named and not takes_any:
+            raise TypeError(f"{where}: declared input '{name}' is not a parameter")
+
+
 def node(*, inputs: Sequence[In] = (), outputs: Sequence[Out] = (), category: str = "sd",
          display_name: Optional[str] = None, description: str = "", output_node: bool = False,
          hidden: Optional[dict] = None, function: str = "execute", input_is_list: bool = False,
@@ -97,6 +133,7 @@ def node(*, inputs: Sequence[In] = (), outputs: Sequence[Out] = (), category: st
     def wrap(cls):
         if not callable(getattr(cls, function, None)):
             raise TypeError(f"{cls.__qualname__} declares FUNCTION {function!r} but has no such method")
+        _check_signature(cls, function, inputs, hidden)
 
         def INPUT_TYPES(_cls):
             types: dict = {"required": {i.name: i.spec() for i in inputs if not i.optional}}

@@ -53,6 +53,37 @@ def test_spec_compiles_to_classic_interface_and_object_info():
                                                                       "value_not_in_list"]
 
 
+@pytest.mark.parametrize("signature,problem", [
+    ("def execute(self, n): pass", "declared input 'img' is not a parameter"),
+    ("def execute(self, n, img): pass", "optional input 'img' needs a default value"),
+    ("def execute(self, n, img=None, extra=1): pass", "parameter 'extra' is not a declared input"),
+    ("def execute(self, n, /, img=None): pass", "parameter 'n' is positional-only"),
+])
+def test_spec_rejects_an_execute_that_does_not_match_the_inputs(signature, problem):
+    namespace: dict = {}
+    exec(f"class Bad:\n    {signature}\n", namespace)
+    with pytest.raises(TypeError, match=rf"Bad\.execute: {problem}"):
+        node(inputs=[Int("n", 1), Link("img", "IMAGE", optional=True)], outputs=[Out("INT")])(namespace["Bad"])
+
+
+def test_spec_accepts_kwargs_defaults_on_required_inputs_and_static_methods():
+    decorate = node(inputs=[Int("n", 1), Link("img", "IMAGE", optional=True)], outputs=[Out("INT")],
+                    hidden={"uid": "UNIQUE_ID"})
+
+    @decorate
+    class TakesKwargs:
+        def execute(self, n=1, **rest):
+            return (n,)
+
+    @decorate
+    class Static:
+        @staticmethod
+        def execute(n, img=None, uid=None):
+            return (n,)
+
+    assert TakesKwargs.FUNCTION == Static.FUNCTION == "execute"
+
+
 def test_load_registry_tolerates_a_broken_module(caplog):
     reg = nodes.load_registry(nodes.BUILTIN_MODULES + ["nodes.does_not_exist"])
     assert "EmptyImage" in reg and "PrimitiveInt" in reg

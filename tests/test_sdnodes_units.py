@@ -1,6 +1,8 @@
 """Node-level checks of the SD nodes and the tiny checkpoint builder (no engine involved)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -112,6 +114,10 @@ class _RecordingVAE:
     def __init__(self):
         self.calls = []
 
+    def decode(self, samples):
+        self.calls.append(("decode", tuple(samples.shape)))
+        return torch.zeros(1, 8, 8, 3)
+
     def decode_tiled(self, samples, tile, overlap):
         self.calls.append(("decode_tiled", tuple(samples.shape), tile, overlap))
         return torch.zeros(1, 8, 8, 3)
@@ -133,15 +139,41 @@ def test_tiled_nodes_pass_pixel_tiles_and_shrink_wide_overlap():
                          ("encode_tiled", (1, 8, 8, 3), 128, 32)]
 
 
+def _run_in_engine(node_cls, links: dict, constants: dict = None) -> dict:
+    """Run one node through the engine, each of `links` arriving over a link from a node that
+    outputs that value with the declared type; the execution_error data (or {} on success)."""
+    from graph.executor import Executor
+    from nodes.registry import NodeRegistry
+
+    registry = NodeRegistry()
+    registry.register(node_cls.__name__, node_cls)
+    declared = {**node_cls.INPUT_TYPES()["required"], **node_cls.INPUT_TYPES().get("optional", {})}
+    prompt = {"1": {"class_type": node_cls.__name__, "inputs": dict(constants or {})}}
+    for name, value in links.items():
+        source = type(f"Source_{name}", (), {
+            "INPUT_TYPES": classmethod(lambda cls: {"required": {}}), "FUNCTION": "run",
+            "RETURN_TYPES": (declared[name][0],), "run": lambda self, v=value: (v,)})
+        registry.register(source.__name__, source)
+        prompt[f"src_{name}"] = {"class_type": source.__name__, "inputs": {}}
+        prompt["1"]["inputs"][name] = [f"src_{name}", 0]
+    result = Executor(registry).execute(prompt, "p", outputs=["1"])
+    return result.error or {}
+
+
 def test_latent_nodes_name_the_bad_input():
     from nodes.sd_latent import VAEDecode, VAEEncode
 
-    with pytest.raises(TypeError, match="VAEDecode: samples must be a LATENT"):
-        VAEDecode().execute(torch.zeros(1, 4, 8, 8), _RecordingVAE())
-    with pytest.raises(RuntimeError, match="VAEEncode: the vae input is None"):
-        VAEEncode().execute(torch.zeros(1, 8, 8, 3), None)
-    with pytest.raises(TypeError, match=r"VAEEncode: pixels must be an IMAGE tensor \[B,H,W,C\]"):
-        VAEEncode().execute(torch.zeros(8, 8, 3), _RecordingVAE())
+    vae = _RecordingVAE()
+    err = _run_in_engine(VAEDecode, {"samples": torch.zeros(1, 4, 8, 8), "vae": vae})
+    assert err["node_id"] == "1" and err["node_type"] == "VAEDecode"
+    assert re.match(r"VAEDecode \(node 1\): input 'samples' must be a LATENT", err["exception_message"])
+    err = _run_in_engine(VAEEncode, {"pixels": torch.zeros(1, 8, 8, 3), "vae": None})
+    assert re.match(r"VAEEncode \(node 1\): required input 'vae' is None.*holds no VAE",
+                    err["exception_message"])
+    err = _run_in_engine(VAEEncode, {"pixels": torch.zeros(8, 8, 3), "vae": vae})
+    assert re.match(r"VAEEncode \(node 1\): input 'pixels' must be an IMAGE tensor \[B,H,W,C\], "
+                    r"got Tensor of shape \[8, 8, 3\]", err["exception_message"])
+    assert vae.calls == []
 
 
 def test_pixel_space_vae_round_trips_images(sd_home):  # noqa: F811
@@ -178,13 +210,16 @@ def test_clip_set_last_layer_clones_and_changes_output(sd1):
     torch.testing.assert_close(CLIPTextEncode().execute(last, "a dog")[0][0][0], base)
 
 
-def test_clip_text_encode_without_clip_says_what_to_do():
+def test_clip_text_encode_without_clip_says_what_to_do(sd1):
     from nodes.sd_conditioning import CLIPTextEncode
 
-    with pytest.raises(RuntimeError, match="clip input is None.*no text encoder"):
-        CLIPTextEncode().execute(None, "x")
-    with pytest.raises(TypeError, match="'text' must be a string"):
-        CLIPTextEncode().execute(object(), 5)
+    err = _run_in_engine(CLIPTextEncode, {"clip": None}, {"text": "x"})
+    assert err["node_type"] == "CLIPTextEncode"
+    assert re.match(r"CLIPTextEncode \(node 1\): required input 'clip' is None.*no text encoder",
+                    err["exception_message"])
+    err = _run_in_engine(CLIPTextEncode, {"clip": sd1.clip, "text": 5})
+    assert re.match(r"CLIPTextEncode \(node 1\): input 'text' must be a string, got int",
+                    err["exception_message"])
 
 
 def test_sdxl_encode_puts_size_conditioning_in_the_dict_and_pads_prompts(sdxl):
@@ -284,14 +319,23 @@ def test_ksampler_advanced_maps_its_options(recorded_sample, add_noise, leftover
 
 
 def test_sampler_names_the_bad_input(recorded_sample):
+    from types import SimpleNamespace
+
     from nodes.sd_sampling import KSampler
 
-    with pytest.raises(TypeError, match="KSampler: latent_image must be a LATENT"):
-        KSampler().execute(object(), 0, 1, 1.0, "euler", "normal", COND, COND, torch.zeros(1, 4, 2, 2))
-    with pytest.raises(TypeError, match="KSampler: negative must be CONDITIONING"):
-        KSampler().execute(object(), 0, 1, 1.0, "euler", "normal", COND, "text", {"samples": torch.zeros(1, 4, 2, 2)})
-    with pytest.raises(RuntimeError, match="KSampler: the model input is None"):
-        KSampler().execute(None, 0, 1, 1.0, "euler", "normal", COND, COND, {"samples": torch.zeros(1, 4, 2, 2)})
+    model = SimpleNamespace(apply_model=lambda *a, **k: None)
+    latent = {"samples": torch.zeros(1, 4, 2, 2)}
+    constants = {"seed": 0, "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal",
+                 "denoise": 1.0}
+    err = _run_in_engine(KSampler, {"model": model, "positive": COND, "negative": COND,
+                                    "latent_image": torch.zeros(1, 4, 2, 2)}, constants)
+    assert re.match(r"KSampler \(node 1\): input 'latent_image' must be a LATENT", err["exception_message"])
+    err = _run_in_engine(KSampler, {"model": model, "positive": COND, "negative": "text",
+                                    "latent_image": latent}, constants)
+    assert re.match(r"KSampler \(node 1\): input 'negative' must be CONDITIONING", err["exception_message"])
+    err = _run_in_engine(KSampler, {"model": None, "positive": COND, "negative": COND,
+                                    "latent_image": latent}, constants)
+    assert re.match(r"KSampler \(node 1\): required input 'model' is None", err["exception_message"])
     assert recorded_sample == []
 
 
