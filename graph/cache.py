@@ -68,7 +68,21 @@ class NoCache(OutputCache):
         pass
 
 
-class LRUCache(OutputCache):
+class _RecencyCache(OutputCache):
+    """Base of the evicting policies: a hit moves the entry to the most-recent end, and a new
+    prompt evicts nothing by itself."""
+
+    def get(self, key):
+        entry = self._data.get(key)
+        if entry is not None:
+            self._data.move_to_end(key)
+        return entry
+
+    def begin_prompt(self, keys):
+        pass
+
+
+class LRUCache(_RecencyCache):
     policy = "lru"
 
     def __init__(self, max_entries: int):
@@ -77,23 +91,14 @@ class LRUCache(OutputCache):
             raise ValueError(f"lru cache size must be at least 1, got {max_entries}")
         self.max_entries = int(max_entries)
 
-    def get(self, key):
-        entry = self._data.get(key)
-        if entry is not None:
-            self._data.move_to_end(key)
-        return entry
-
     def put(self, key, entry):
         self._data[key] = entry
         self._data.move_to_end(key)
         while len(self._data) > self.max_entries:
             self._data.popitem(last=False)
 
-    def begin_prompt(self, keys):
-        pass
 
-
-class RAMCache(OutputCache):
+class RAMCache(_RecencyCache):
     """Keeps entries until their estimated size passes `max_bytes`; evicts least recently used."""
 
     policy = "ram"
@@ -103,12 +108,6 @@ class RAMCache(OutputCache):
         self.max_bytes = int(max_bytes)
         self._sizes: dict[str, int] = {}
         self.total_bytes = 0
-
-    def get(self, key):
-        entry = self._data.get(key)
-        if entry is not None:
-            self._data.move_to_end(key)
-        return entry
 
     def put(self, key, entry):
         if key in self._data:
@@ -120,9 +119,6 @@ class RAMCache(OutputCache):
         while self.total_bytes > self.max_bytes and self._data:
             old, _ = self._data.popitem(last=False)
             self.total_bytes -= self._sizes.pop(old)
-
-    def begin_prompt(self, keys):
-        pass
 
     def clear(self):
         super().clear()
