@@ -131,6 +131,22 @@ def _seeds_noise(noise_sampler, s_from, s_to, segment):
     return segment.mul(2).expm1().neg().sqrt() * noise_sampler(s_from, s_to)
 
 
+def _seeds_first_stage(model, x, sigma, sigma_next, denoised, r, eta, s_noise, noise_sampler, inject, s_in,
+                       extra_args):
+    """The stage every SEEDS variant begins with: an exponential step to the log-SNR fraction r of
+    the way, with its share of fresh noise. Returns (h, h_eta, sigma_1, noise, denoised at sigma_1)."""
+    lam_s, lam_t = t_of_sigma(sigma), t_of_sigma(sigma_next)
+    h = lam_t - lam_s
+    h_eta = h * (eta + 1)
+    sigma_1 = sigma_of_t(torch.lerp(lam_s, lam_t, r))
+    x_2 = sigma_1 / sigma * (-r * h * eta).exp() * x - h_phi_1(-r * h_eta) * denoised
+    noise = None
+    if inject:
+        noise = _seeds_noise(noise_sampler, sigma, sigma_1, -r * h * eta)
+        x_2 = x_2 + noise * sigma_1 * s_noise
+    return h, h_eta, sigma_1, noise, model(x_2, sigma_1 * s_in, **extra_args)
+
+
 @torch.no_grad()
 def sample_seeds_2(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1.0, s_noise=1.0,
                    noise_sampler=None, r=0.5, solver_type="phi_1"):
@@ -146,15 +162,8 @@ def sample_seeds_2(model, x, sigmas, extra_args=None, callback=None, disable=Non
         if sigmas[i + 1] == 0:
             x = denoised
             continue
-        lam_s, lam_t = t_of_sigma(sigmas[i]), t_of_sigma(sigmas[i + 1])
-        h = lam_t - lam_s
-        h_eta = h * (eta + 1)
-        sigma_1 = sigma_of_t(torch.lerp(lam_s, lam_t, r))
-        x_2 = sigma_1 / sigmas[i] * (-r * h * eta).exp() * x - h_phi_1(-r * h_eta) * denoised
-        if inject:
-            noise = _seeds_noise(noise_sampler, sigmas[i], sigma_1, -r * h * eta)
-            x_2 = x_2 + noise * sigma_1 * s_noise
-        denoised_2 = model(x_2, sigma_1 * s_in, **extra_args)
+        h, h_eta, sigma_1, noise, denoised_2 = _seeds_first_stage(
+            model, x, sigmas[i], sigmas[i + 1], denoised, r, eta, s_noise, noise_sampler, inject, s_in, extra_args)
         decay = sigmas[i + 1] / sigmas[i] * (-h * eta).exp()
         if solver_type == "phi_1":
             x = decay * x - h_phi_1(-h_eta) * torch.lerp(denoised, denoised_2, 1 / (2 * r))
@@ -181,16 +190,10 @@ def sample_seeds_3(model, x, sigmas, extra_args=None, callback=None, disable=Non
         if sigmas[i + 1] == 0:
             x = denoised
             continue
-        lam_s, lam_t = t_of_sigma(sigmas[i]), t_of_sigma(sigmas[i + 1])
-        h = lam_t - lam_s
-        h_eta = h * (eta + 1)
-        sigma_1 = sigma_of_t(torch.lerp(lam_s, lam_t, r_1))
-        sigma_2 = sigma_of_t(torch.lerp(lam_s, lam_t, r_2))
-        x_2 = sigma_1 / sigmas[i] * (-r_1 * h * eta).exp() * x - h_phi_1(-r_1 * h_eta) * denoised
-        if inject:
-            noise = _seeds_noise(noise_sampler, sigmas[i], sigma_1, -r_1 * h * eta)
-            x_2 = x_2 + noise * sigma_1 * s_noise
-        denoised_2 = model(x_2, sigma_1 * s_in, **extra_args)
+        h, h_eta, sigma_1, noise, denoised_2 = _seeds_first_stage(
+            model, x, sigmas[i], sigmas[i + 1], denoised, r_1, eta, s_noise, noise_sampler, inject, s_in,
+            extra_args)
+        sigma_2 = sigma_of_t(torch.lerp(t_of_sigma(sigmas[i]), t_of_sigma(sigmas[i + 1]), r_2))
         a2 = r_2 / r_1 * h_phi_2(-r_2 * h_eta)
         a1 = h_phi_1(-r_2 * h_eta) - a2
         x_3 = sigma_2 / sigmas[i] * (-r_2 * h * eta).exp() * x - (a1 * denoised + a2 * denoised_2)
