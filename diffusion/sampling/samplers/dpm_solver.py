@@ -157,18 +157,25 @@ def _range(sigmas):
     return sigma_min, sigmas[0]
 
 
+def _solver_over_range(model, x, sigmas, extra_args, callback, eta, noise_sampler):
+    """What both range-based samplers start from, as ComfyUI calls them: a solver, the t of the first
+    and of the smallest non-zero sigma, and step noise only when eta asks for it."""
+    extra_args, s_in = setup(x, extra_args)
+    sigma_min, sigma_max = _range(sigmas)
+    noise_sampler = step_noise(x, extra_args, noise_sampler) if eta else None
+    solver = _DPMSolver(model, extra_args, s_in, info_callback=callback)
+    return solver, t_of_sigma(sigma_max), t_of_sigma(sigma_min), noise_sampler
+
+
 @torch.no_grad()
 def sample_dpm_fast(model, x, sigmas, extra_args=None, callback=None, disable=None,
                     eta=0.0, s_noise=1.0, noise_sampler=None):
     """DPM-Solver 'fast' (Lu et al. 2022, sec. 3.4): orders 3/2/1 on uniform log-sigma steps."""
-    extra_args, s_in = setup(x, extra_args)
     if len(sigmas) < 2:
         return x
-    sigma_min, sigma_max = _range(sigmas)
-    noise_sampler = step_noise(x, extra_args, noise_sampler) if eta else None
-    solver = _DPMSolver(model, extra_args, s_in, info_callback=callback)
-    return solver.fast(x, t_of_sigma(sigma_max), t_of_sigma(sigma_min), len(sigmas) - 1, eta, s_noise,
-                       noise_sampler)
+    solver, t_start, t_end, noise_sampler = _solver_over_range(model, x, sigmas, extra_args, callback, eta,
+                                                               noise_sampler)
+    return solver.fast(x, t_start, t_end, len(sigmas) - 1, eta, s_noise, noise_sampler)
 
 
 @torch.no_grad()
@@ -177,11 +184,9 @@ def sample_dpm_adaptive(model, x, sigmas, extra_args=None, callback=None, disabl
                         accept_safety=0.81, eta=0.0, s_noise=1.0, noise_sampler=None):
     """DPM-Solver with adaptive step size (Lu et al. 2022, sec. 3.4 / app. C); only the first and
     smallest non-zero sigma of the schedule are used."""
-    extra_args, s_in = setup(x, extra_args)
     if len(sigmas) < 2:
         return x
-    sigma_min, sigma_max = _range(sigmas)
-    noise_sampler = step_noise(x, extra_args, noise_sampler) if eta else None
-    solver = _DPMSolver(model, extra_args, s_in, info_callback=callback)
-    return solver.adaptive(x, t_of_sigma(sigma_max), t_of_sigma(sigma_min), order, rtol, atol, h_init,
-                           pcoeff, icoeff, dcoeff, accept_safety, eta, s_noise, noise_sampler)
+    solver, t_start, t_end, noise_sampler = _solver_over_range(model, x, sigmas, extra_args, callback, eta,
+                                                               noise_sampler)
+    return solver.adaptive(x, t_start, t_end, order, rtol, atol, h_init, pcoeff, icoeff, dcoeff, accept_safety,
+                           eta, s_noise, noise_sampler)
