@@ -5,7 +5,7 @@ import mimetypes
 
 from aiohttp import web
 
-from graph.queue import ERROR, INTERRUPTED, PENDING, RUNNING, SUCCESS, QueueError, QueueItem
+from graph.queue_records import ERROR, INTERRUPTED, PENDING, RUNNING, SUCCESS, QueueError, QueueItem
 
 from .errors import ApiError, json_response, query_int
 from .routing import RouteTable

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from graph.queue import QueueError, now_ms
+from graph.queue_records import QueueError, now_ms
 
 from .errors import ApiError, json_response, log, query_int, read_json
 from .routing import RouteTable

@@ -8,7 +8,7 @@ import os
 import aiohttp
 from aiohttp import web
 
-from graph.queue import FINISHED_STATES, QueueItem
+from graph.queue_records import FINISHED_STATES, QueueItem
 
 from .errors import ApiError, json_response, log, read_json
 from .jobs import job_status

@@ -7,7 +7,8 @@ import threading
 import traceback
 import uuid
 
-from graph.queue import PromptStore, now_ms
+from graph.queue import PromptStore
+from graph.queue_records import now_ms
 
 from .errors import log
 from .ws import Hub, Preview

@@ -3,7 +3,8 @@ import threading
 
 import pytest
 
-from graph.queue import PromptStore, QueueError
+from graph.queue import PromptStore
+from graph.queue_records import QueueError
 
 
 def put(store, pid, number=None, **kw):
