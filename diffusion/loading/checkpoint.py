@@ -7,7 +7,8 @@ Architecture (`detect_arch` / `UNetConfig.arch`): from the UNet's structure, see
 Prediction type: SD1 and SDXL are eps. SD2 files carry no reliable flag, so `prediction="auto"`
 decides in this order: safetensors metadata `modelspec.prediction_type` / `prediction_type`; a
 `v_pred` marker key; the known signature of trained SD2 v-models (their last output block's first
-norm1 bias has a standard deviation above 0.09, eps models stay below); otherwise eps. Pass
+norm1 bias has a standard deviation above 0.09, eps models stay below; 9-channel inpainting UNets
+are eps, so the signature is not consulted for them); otherwise eps. Pass
 `prediction="eps"` or `"v_prediction"` to overrule it.
 """
 from __future__ import annotations
@@ -88,7 +89,7 @@ def detect_prediction(unet_sd: dict, config: UNetConfig, metadata: dict, sd: dic
             return "eps"
     if sd is not None and "v_pred" in sd:
         return "v_prediction"
-    if config.arch == "sd2":
+    if config.arch == "sd2" and config.in_channels == 4:  # SD2 inpainting models (9 channels) are eps
         last = len(config.transformer_depth_output) - 1
         bias = unet_sd.get(f"output_blocks.{last}.1.transformer_blocks.0.norm1.bias")
         if bias is not None and bias.numel() > 1 and float(bias.float().std()) > 0.09:

@@ -1,17 +1,25 @@
 """The denoiser the samplers call: conditioning, classifier-free guidance and the inpaint mask.
 
 `CFGDenoiser(model, positive, negative, cfg)` is a callable `(x, sigma, **extra_args) -> x0` in
-k-diffusion form. Every step it evaluates all active positive and negative conditionings in one
-batched `model.apply_model` call and mixes them as uncond + (cond - uncond) * cfg (Ho & Salimans
-2022). `InpaintDenoiser` wraps it to keep the unmasked part of a latent fixed.
+k-diffusion form. Every step it evaluates the active positive and negative conditionings, batched
+into as few `model.apply_model` calls as shapes and memory allow, and mixes them as
+uncond + (cond - uncond) * cfg (Ho & Salimans 2022). Each conditioning acts where its area / mask
+says, with its strength, inside its timestep range; a side's x0 is the weighted mean of its
+conditionings per pixel (diffusion/sampling/conditioning_areas.py). Inpainting UNets get their extra
+input channels per conditioning (diffusion/models/inpaint.py). `InpaintDenoiser` wraps it to keep
+the unmasked part of a latent fixed.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+
+from diffusion.models.inpaint import concat_channels, concat_inputs
+from diffusion.sampling.conditioning_areas import (Region, WeightedSum, crop, opposite_source, region_weight,
+                                                   resolve_region)
 
 MAX_CONTEXT_REPEAT = 4  # contexts whose lengths need more repetition than this run in separate calls
 
@@ -47,15 +55,26 @@ def resolve_conditioning(conditioning, model_sampling, where: str) -> list[CondE
         if context.ndim != 3:
             raise ValueError(f"{where}: CONDITIONING item {n} tensor must be [batch, tokens, dim], "
                              f"got shape {tuple(context.shape)}")
-        # TODO(area/mask): 'area', 'mask', 'set_area_to_bounds', 'mask_strength' are not applied yet;
-        # such entries currently act on the whole latent. TODO(control/concat): 'control' (ControlNet)
-        # and 'concat_latent_image' / 'concat_mask' (inpainting UNets) are not passed to apply_model yet.
+        # 'control' (ControlNet) and 'gligen' belong to the second half of the node library; they
+        # are not read here yet.
         start = float(options.get("start_percent", 0.0))
         end = float(options.get("end_percent", 1.0))
         entries.append(CondEntry(context=context, options=options, strength=float(options.get("strength", 1.0)),
                                  sigma_start=model_sampling.percent_to_sigma(start),
                                  sigma_end=model_sampling.percent_to_sigma(end)))
     return entries
+
+
+@dataclass
+class _Job:
+    """One conditioning ready for the model at one latent shape: where it acts, what it feeds in."""
+    side: int                      # index of its CONDITIONING list (0 = positive, 1 = negative)
+    entry: CondEntry               # its timestep range
+    region: Region
+    context: torch.Tensor          # [B, tokens, dim]
+    adm: torch.Tensor | None       # [B, adm] (SDXL)
+    concat: torch.Tensor | None    # [B, extra, H, W] (inpainting UNets)
+    where: str
 
 
 def _to_batch(t: torch.Tensor, batch: int, where: str) -> torch.Tensor:
@@ -76,18 +95,23 @@ def _pad_contexts(contexts: list[torch.Tensor]) -> list[torch.Tensor]:
     return [c if c.shape[1] == target else c.repeat(1, target // c.shape[1], 1) for c in contexts]
 
 
-def _groups(lengths: list[int]) -> list[list[int]]:
-    """Indices of contexts that may share one forward pass without excessive repetition."""
+def _groups(items: list[tuple]) -> list[list[int]]:
+    """Indices of (shape key, token count) items that may share one forward pass: equal shapes and
+    token counts whose common multiple needs little repetition."""
     groups: list[list[int]] = []
-    for i, n in enumerate(lengths):
+    for i, (key, n) in enumerate(items):
         for g in groups:
-            candidate = [lengths[j] for j in g] + [n]
-            if math.lcm(*candidate) // min(candidate) <= MAX_CONTEXT_REPEAT:
+            candidate = [items[j][1] for j in g] + [n]
+            if items[g[0]][0] == key and math.lcm(*candidate) // min(candidate) <= MAX_CONTEXT_REPEAT:
                 g.append(i)
                 break
         else:
             groups.append([i])
     return groups
+
+
+def _shape(t):
+    return None if t is None else tuple(t.shape)
 
 
 class CFGDenoiser:
@@ -102,6 +126,14 @@ class CFGDenoiser:
         self.model_options = dict(getattr(model, "model_options", None) or {})
         self.model_options.update(model_options or {})
         self.calls = 0  # forward passes made, for tests and diagnostics
+        self.latent_image = None  # the latent being sampled (scaled) and the sampler's denoise mask:
+        self.denoise_mask = None  # an inpainting UNet falls back to them (set_inpaint_inputs)
+        self._prepared = (None, None)
+
+    def set_inpaint_inputs(self, latent_image: torch.Tensor | None, denoise_mask: torch.Tensor | None) -> None:
+        """What an inpainting UNet reads when a conditioning brings no concat_mask / image of its own."""
+        self.latent_image, self.denoise_mask = latent_image, denoise_mask
+        self._prepared = (None, None)
 
     def _options(self, extra: dict | None) -> dict:
         if not extra:
@@ -132,59 +164,87 @@ class CFGDenoiser:
         # As ComfyUI (samplers.py encode_model_conds): a conditioning that states no size gets the
         # latent's pixel size, so plain CLIPTextEncode on SDXL conditions on the image being made.
         options = {"width": x.shape[-1] * 8, "height": x.shape[-2] * 8, **entry.options}
-        return encode(options, x.shape[0])
+        adm = encode(options, x.shape[0])
+        return None if adm is None else _to_batch(adm.to(x.device, x.dtype), x.shape[0], "adm")
+
+    def _job(self, side: int, n: int, entry: CondEntry, x: torch.Tensor) -> _Job:
+        where = f"{entry.options['prompt_type']} conditioning {n}"
+        concat = None
+        if concat_channels(self.model):
+            concat = concat_inputs(entry.options, tuple(x.shape), self.model.latent_format, self.latent_image,
+                                   self.denoise_mask, x.device, where).to(x.dtype)
+        return _Job(side=side, entry=entry, region=resolve_region(entry.options, tuple(x.shape[2:]), x.device, where),
+                    context=_to_batch(entry.context.to(x.device, x.dtype), x.shape[0], where),
+                    adm=self._adm(entry, x), concat=concat, where=where)
+
+    def _prepare(self, lists: list[list[CondEntry]], x: torch.Tensor) -> list[list[_Job]]:
+        """Every conditioning resolved for this latent shape (once per run: the shape is fixed)."""
+        key = (tuple(id(entries) for entries in lists), tuple(x.shape), x.device, x.dtype)
+        if self._prepared[0] == key:
+            return self._prepared[1]
+        sides = [[self._job(k, n, e, x) for n, e in enumerate(entries)] for k, entries in enumerate(lists)]
+        # An area on one side gets a twin with the same area on each other side (ComfyUI order: side by
+        # side, twins joining the lists they are added to).
+        for k, jobs in enumerate(sides):
+            for job in jobs:
+                if job.region.area is None:
+                    continue
+                for kk, others in enumerate(sides):
+                    if kk == k:
+                        continue
+                    src = opposite_source([o.region for o in others], job.region.area)
+                    if src is not None:
+                        s = others[src]
+                        others.append(replace(job, side=kk, context=s.context, adm=s.adm, concat=s.concat,
+                                              where=f"{s.where} (twin of {job.where}'s area)"))
+        self._prepared = (key, sides)
+        return sides
 
     def predict(self, groups_of_entries: list[list[CondEntry]], x: torch.Tensor, sigma: torch.Tensor,
-                options: dict) -> list[torch.Tensor | None]:
-        """Strength-weighted x0 average per conditioning list; all lists share batched forwards."""
+                options: dict, evaluate: list[bool] | None = None) -> list[torch.Tensor | None]:
+        """Per CONDITIONING list, the weighted x0 of its active conditionings (None for an empty list
+        or one not in `evaluate`); all lists share batched forwards. Areas are matched across all
+        the lists given, evaluated or not."""
+        evaluate = evaluate or [True] * len(groups_of_entries)
+        sides = self._prepare(groups_of_entries, x)
         s = float(sigma.reshape(-1)[0])
-        jobs = [(k, e) for k, entries in enumerate(groups_of_entries) for e in entries if e.active(s)]
-        totals = [None] * len(groups_of_entries)
-        weights = [0.0] * len(groups_of_entries)
-        if not jobs:
-            return [torch.zeros_like(x) if entries else None for entries in groups_of_entries]
-        batch = x.shape[0]
-        contexts = [_to_batch(e.context.to(x.device, x.dtype), batch, "conditioning") for _, e in jobs]
-        adms = [self._adm(e, x) for _, e in jobs]
+        sums = {k: WeightedSum(x) for k, entries in enumerate(groups_of_entries) if entries and evaluate[k]}
+        runs = [(job, *region_weight(job.region, x, job.where))
+                for k in sums for job in sides[k] if job.entry.active(s)]
+        if not runs:
+            return [sums[k].result() if k in sums else None for k in range(len(groups_of_entries))]
         transformer_options = dict(options.get("transformer_options", {}))
         per_forward = self._copies_per_forward(x)
-        groups = [g[k:k + per_forward] for g in _groups([c.shape[1] for c in contexts])
-                  for k in range(0, len(g), per_forward)]
+        keys = [((tuple(x_in.shape), _shape(crop(job.concat, area) if job.concat is not None else None),
+                  _shape(job.adm), job.context.shape[0], job.context.shape[2]), job.context.shape[1])
+                for job, x_in, _, area in runs]
+        groups = [g[k:k + per_forward] for g in _groups(keys) for k in range(0, len(g), per_forward)]
         for group in groups:
-            ctx = torch.cat(_pad_contexts([contexts[j] for j in group]), dim=0)
-            y = None
-            if adms[group[0]] is not None:
-                y = torch.cat([_to_batch(adms[j].to(x.device, x.dtype), batch, "adm") for j in group], dim=0)
-            n = len(group)
-            x_in = torch.cat([x] * n, dim=0)
+            batch = [runs[j] for j in group]
+            n = len(batch)
+            ctx = torch.cat(_pad_contexts([job.context for job, *_ in batch]), dim=0)
+            y = None if batch[0][0].adm is None else torch.cat([job.adm for job, *_ in batch], dim=0)
+            extra = {}
+            if batch[0][0].concat is not None:
+                extra["c_concat"] = torch.cat([crop(job.concat, area) for job, _, _, area in batch], dim=0)
+            x_in = torch.cat([x_in for _, x_in, _, _ in batch], dim=0)
             sigma_in = torch.cat([sigma] * n, dim=0)
-            transformer_options["cond_or_uncond"] = [jobs[j][0] for j in group]
+            transformer_options["cond_or_uncond"] = [job.side for job, *_ in batch]
             self.calls += 1
             out = self.model.apply_model(x_in, sigma_in, c_crossattn=ctx, y=y,
-                                         transformer_options=transformer_options).chunk(n)
-            for j, pred in zip(group, out):
-                k, entry = jobs[j]
-                totals[k] = pred * entry.strength if totals[k] is None else totals[k] + pred * entry.strength
-                weights[k] += entry.strength
-        results = []
-        for k, entries in enumerate(groups_of_entries):
-            if not entries:
-                results.append(None)
-            elif totals[k] is None or weights[k] == 0:
-                results.append(torch.zeros_like(x))  # nothing active at this sigma
-            else:
-                results.append(totals[k] / weights[k])
-        return results
+                                         transformer_options=transformer_options, **extra).chunk(n)
+            for (job, _, mult, area), pred in zip(batch, out):
+                sums[job.side].add(pred, mult, area)
+        return [sums[k].result() if k in sums else None for k in range(len(groups_of_entries))]
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict | None = None,
                  seed=None, **_ignored) -> torch.Tensor:
         options = self._options(model_options)
         skip_uncond = (not self.negative) or (
             math.isclose(self.cfg, 1.0) and not options.get("disable_cfg1_optimization", False))
-        lists = [self.positive] if skip_uncond else [self.positive, self.negative]
-        preds = self.predict(lists, x, sigma, options)
+        preds = self.predict([self.positive, self.negative], x, sigma, options, evaluate=[True, not skip_uncond])
         cond = preds[0] if preds[0] is not None else torch.zeros_like(x)
-        uncond = preds[1] if len(preds) > 1 else None
+        uncond = preds[1]
         cfg_fn = options.get("sampler_cfg_function")
         if uncond is None:
             denoised = cond
@@ -212,6 +272,10 @@ class InpaintDenoiser:
         self.latent_image = latent_image
         self.noise = noise
         self.mask = denoise_mask
+        # an inpainting UNet reads the latent and this mask when its conditioning brings none
+        set_inputs = getattr(inner, "set_inpaint_inputs", None)
+        if set_inputs is not None:
+            set_inputs(latent_image, denoise_mask)
 
     def __call__(self, x, sigma, **extra_args):
         keep = 1.0 - self.mask
