@@ -240,11 +240,9 @@ class LoadLatent:
 
     @classmethod
     def VALIDATE_INPUTS(cls, latent):
-        try:
-            path = _latent_path(latent)
-        except ValueError as e:
-            return str(e)
-        return True if os.path.isfile(path) else f"Invalid latent file: {latent}"
+        # also accepts "name [output]" and sub/paths (hence no combo check), never a path escaping
+        path = folder_paths.safe_annotated_filepath(latent)
+        return True if path is not None and os.path.isfile(path) else f"Invalid latent file: {latent}"
 
 
 # -- inpainting and outpainting --------------------------------------------------------------------

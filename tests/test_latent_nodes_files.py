@@ -79,7 +79,9 @@ def test_listing_validation_and_bad_files(home):
     assert ln.LoadLatent.INPUT_TYPES()["required"]["latent"][0] == ["a.latent", "b.latent"]
     assert ln.LoadLatent.VALIDATE_INPUTS("a.latent") is True
     assert ln.LoadLatent.VALIDATE_INPUTS("gone.latent") == "Invalid latent file: gone.latent"
-    assert "escapes" in ln.LoadLatent.VALIDATE_INPUTS("../../etc/passwd")
+    assert ln.LoadLatent.VALIDATE_INPUTS("../../etc/passwd") == "Invalid latent file: ../../etc/passwd"
+    with pytest.raises(ValueError, match="escapes its folder"):
+        ln.LoadLatent().execute("../../etc/passwd")
     with pytest.raises(CheckpointError, match="a.latent"):
         ln.LoadLatent().execute("a.latent")
     save_file({"weights": torch.zeros(2)}, str(home / "input" / "model.latent"))

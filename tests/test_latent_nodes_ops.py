@@ -45,22 +45,23 @@ def _source_position(i: int, old: int, new: int) -> tuple[int, int, float]:
     return left, min(left + 1, old - 1), c - left
 
 
-def _bislerp_ref(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    a = x.double().numpy()
+def _slerp_last_axis(a: np.ndarray, new: int) -> np.ndarray:
+    """Resize the last axis of [N, C, H, W] by slerping each pixel's channel vector."""
     n, c, h, w = a.shape
-    mid = np.zeros((n, c, h, width))
-    for j in range(width):
-        j0, j1, t = _source_position(j, w, width)
+    out = np.zeros((n, c, h, new))
+    for j in range(new):
+        j0, j1, t = _source_position(j, w, new)
         for b in range(n):
             for i in range(h):
-                mid[b, :, i, j] = _slerp_ref(a[b, :, i, j0], a[b, :, i, j1], t)
-    out = np.zeros((n, c, height, width))
-    for i in range(height):
-        i0, i1, t = _source_position(i, h, height)
-        for b in range(n):
-            for j in range(width):
-                out[b, :, i, j] = _slerp_ref(mid[b, :, i0, j], mid[b, :, i1, j], t)
-    return torch.from_numpy(out).float()
+                out[b, :, i, j] = _slerp_ref(a[b, :, i, j0], a[b, :, i, j1], t)
+    return out
+
+
+def _bislerp_ref(x: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Width first, then height (the second pass on the transposed result)."""
+    mid = _slerp_last_axis(x.double().numpy(), width)
+    out = _slerp_last_axis(mid.swapaxes(2, 3), height).swapaxes(2, 3)
+    return torch.from_numpy(np.ascontiguousarray(out)).float()
 
 
 @pytest.mark.parametrize("size", [(6, 5, 9, 7), (4, 4, 7, 10), (8, 6, 5, 3)])
