@@ -95,3 +95,21 @@ def test_is_changed_follows_the_file_content(home):
     assert ln.LoadLatent.IS_CHANGED("x.latent") == first
     save_file({"latent_tensor": torch.ones(1, 4, 2, 2)}, str(home / "input" / "x.latent"))
     assert ln.LoadLatent.IS_CHANGED("x.latent") != first
+
+
+def test_headless_run_lists_the_saved_latent(home):
+    from graph.runner import Runner
+    from nodes import folder_paths, load_registry
+
+    prompt = {
+        "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},
+        "2": {"class_type": "LatentUpscaleBy", "inputs": {"samples": ["1", 0], "upscale_method": "bislerp",
+                                                          "scale_by": 2.0}},
+        "3": {"class_type": "SaveLatent", "inputs": {"samples": ["2", 0], "filename_prefix": "latents/hires"}},
+    }
+    result = Runner(load_registry()).run(prompt)
+    files = result.files(folder_paths)
+    assert files == [str(home / "output" / "latents" / "hires_00001_.latent")]
+    with safe_open(files[0], "pt") as f:
+        assert f.get_tensor("latent_tensor").shape == (2, 4, 16, 16)
+        assert json.loads(f.metadata()["prompt"])["3"]["class_type"] == "SaveLatent"
