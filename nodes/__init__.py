@@ -19,6 +19,7 @@ BUILTIN_MODULES = [
     "nodes.image_nodes",
     "nodes.sd_loaders", "nodes.sd_conditioning", "nodes.sd_latent", "nodes.sd_sampling",
     "nodes.conditioning_nodes",
+    "nodes.latent_nodes",
 ]
 
 
