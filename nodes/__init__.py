@@ -18,6 +18,8 @@ BUILTIN_MODULES = [
     "nodes.utility_nodes",
     "nodes.image_nodes",
     "nodes.sd_loaders", "nodes.sd_conditioning", "nodes.sd_latent", "nodes.sd_sampling",
+    "nodes.image_ops",
+    "nodes.mask_nodes",
 ]
 
 
