@@ -20,6 +20,8 @@ BUILTIN_MODULES = [
     "nodes.sd_loaders", "nodes.sd_conditioning", "nodes.sd_latent", "nodes.sd_sampling",
     "nodes.conditioning_nodes",
     "nodes.latent_nodes",
+    "nodes.image_ops",
+    "nodes.mask_nodes",
 ]
 
 

@@ -29,7 +29,10 @@ LATENT_RTOL = 1e-4
 
 # The templates of the pinned package that use only nodes we have; test_runnable_templates_are_known
 # notices when the registry or the package changes this list.
-RUNNABLE = ["image_sdxl_simple.json", "sdxl_refiner_prompt_example.json", "sdxl_simple_example.json"]
+# Those without a checkpoint (image and mask nodes only) run in tests/test_image_nodes_templates.py.
+NO_CHECKPOINT = ["basic_mask_operations_and_compositing.json"]
+WITH_CHECKPOINT = ["image_sdxl_simple.json", "sdxl_refiner_prompt_example.json", "sdxl_simple_example.json"]
+RUNNABLE = sorted(NO_CHECKPOINT + WITH_CHECKPOINT)
 SDXL_BASE = "sd_xl_base_1.0.safetensors"
 SDXL_REFINER = "sd_xl_refiner_1.0.safetensors"
 
@@ -115,7 +118,7 @@ def test_runnable_templates_are_known(registry):
     assert runnable_templates(registry.class_types()) == RUNNABLE
 
 
-@pytest.mark.parametrize("name", RUNNABLE)
+@pytest.mark.parametrize("name", WITH_CHECKPOINT)
 def test_only_missing_checkpoints_fail_validation(registry, home, name):
     from graph.validate import validate_prompt
 
@@ -133,7 +136,7 @@ def test_only_missing_checkpoints_fail_validation(registry, home, name):
                 for e in errors] == [("value_not_in_list", "ckpt_name", ckpt)]
 
 
-@pytest.mark.parametrize("name", RUNNABLE)
+@pytest.mark.parametrize("name", WITH_CHECKPOINT)
 def test_template_runs_end_to_end(registry, home, tiny_files, spy, name):
     from nodes import folder_paths
 
