@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from diffusion import resample
+from diffusion.resample import repeat_to_batch
+
 UPSCALE_METHODS = ("nearest-exact", "bilinear", "area", "bicubic", "lanczos")
 CROP_METHODS = ("disabled", "center")
 BLEND_MODES = ("normal", "multiply", "screen", "overlay", "soft_light", "difference")
@@ -32,46 +35,9 @@ class ImageOpError(ValueError):
 # Resizing
 
 
-def center_crop_box(height: int, width: int, target_width: int, target_height: int):
-    """(top, left, height, width) of the centred region with the target's aspect ratio, rounded the
-    way ComfyUI's common_upscale rounds, so "crop: center" cuts the same pixels."""
-    old_aspect, new_aspect = width / height, target_width / target_height
-    x = y = 0
-    if old_aspect > new_aspect:
-        x = round((width - width * (new_aspect / old_aspect)) / 2)
-    elif old_aspect < new_aspect:
-        y = round((height - height * (old_aspect / new_aspect)) / 2)
-    return y, x, height - 2 * y, width - 2 * x
-
-
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    # Truncation, not rounding: ComfyUI converts this way before handing pixels to Pillow.
-    return np.clip(255.0 * array, 0, 255).astype(np.uint8)
-
-
-def lanczos(samples: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Pillow's Lanczos filter per image, through 8-bit pixels as ComfyUI does: 1 channel as "L",
-    3 as "RGB", 4 as "RGBA" (Pillow filters RGBA with premultiplied alpha); any other channel count
-    channel by channel as "L"."""
-    out = []
-    for sample in samples.detach().cpu().float():
-        channels = sample.shape[0]
-        if channels in (1, 3, 4):
-            array = _to_uint8(sample[0].numpy() if channels == 1 else sample.movedim(0, -1).numpy())
-            resized = np.asarray(Image.fromarray(array).resize((width, height), Image.Resampling.LANCZOS))
-            value = torch.from_numpy(resized.astype(np.float32) / 255.0)
-            out.append(value[None] if value.ndim == 2 else value.movedim(-1, 0))
-        else:
-            planes = [np.asarray(Image.fromarray(_to_uint8(c.numpy())).resize(
-                (width, height), Image.Resampling.LANCZOS)) for c in sample]
-            out.append(torch.from_numpy(np.stack(planes).astype(np.float32) / 255.0))
-    return torch.stack(out).to(samples.device, samples.dtype)
-
-
 def resize(samples: torch.Tensor, width: int, height: int, method: str, crop: str = "disabled"):
-    """Resize a [B,C,H,W] batch to width x height (ComfyUI's common_upscale without bislerp).
-
-    crop "center" first cuts the centred region with the target's aspect ratio."""
+    """Resize a [B,C,H,W] batch to width x height with one of UPSCALE_METHODS (the image nodes'
+    choice); crop "center" first cuts the centred region with the target's aspect ratio."""
     if method not in UPSCALE_METHODS:
         raise ImageOpError(f"upscale_method must be one of {', '.join(UPSCALE_METHODS)}, got {method!r}")
     if crop not in CROP_METHODS:
@@ -79,12 +45,7 @@ def resize(samples: torch.Tensor, width: int, height: int, method: str, crop: st
     if width < 1 or height < 1:
         raise ImageOpError(f"the target size {width}x{height} (width x height) is empty; "
                            f"each side must be at least 1 pixel")
-    if crop == "center":
-        top, left, h, w = center_crop_box(samples.shape[-2], samples.shape[-1], width, height)
-        samples = samples[..., top:top + h, left:left + w]
-    if method == "lanczos":
-        return lanczos(samples, width, height)
-    return F.interpolate(samples, size=(height, width), mode=method)
+    return resample.resize(samples, width, height, method, crop)
 
 
 def resize_image(image: torch.Tensor, width: int, height: int, method: str, crop: str = "disabled"):
@@ -115,16 +76,6 @@ def total_pixels_size(height: int, width: int, megapixels: float, steps: int = 1
 
 # ---------------------------------------------------------------------------------------------
 # Batches and channels
-
-
-def repeat_to_batch(tensor: torch.Tensor, batch: int) -> torch.Tensor:
-    """The first `batch` items, cycling the batch when it is shorter (comfy.utils.repeat_to_batch_size)."""
-    n = tensor.shape[0]
-    if n > batch:
-        return tensor[:batch]
-    if n < batch:
-        return tensor.repeat((math.ceil(batch / n),) + (1,) * (tensor.ndim - 1))[:batch]
-    return tensor
 
 
 def match_channels(destination: torch.Tensor, source: torch.Tensor):
@@ -185,46 +136,12 @@ def batch_images(image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
 # Compositing and blending
 
 
-def composite(destination: torch.Tensor, source: torch.Tensor, x: int, y: int,
-              mask: torch.Tensor | None = None, multiplier: int = 1, resize_source: bool = False):
-    """Paste `source` onto a copy of `destination` (both [B,C,H,W]) with its top-left corner at
-    (x, y) / multiplier, weighted by `mask` (any [..,H,W], resized bilinearly to the source); the
-    parts outside the destination are dropped (ComfyUI's nodes_mask.composite)."""
-    out = destination.clone()
-    source = source.to(out.device, out.dtype)
-    if resize_source:
-        source = F.interpolate(source, size=out.shape[-2:], mode="bilinear")
-    source = repeat_to_batch(source, out.shape[0])
-    sh, sw = source.shape[-2:]
-    dh, dw = out.shape[-2:]
-    x = max(-sw * multiplier, min(x, dw * multiplier))
-    y = max(-sh * multiplier, min(y, dh * multiplier))
-    left, top = x // multiplier, y // multiplier
-    if mask is None:
-        mask = torch.ones_like(source)
-    else:
-        mask = mask.to(out.device, out.dtype).reshape(-1, 1, mask.shape[-2], mask.shape[-1])
-        mask = repeat_to_batch(F.interpolate(mask, size=(sh, sw), mode="bilinear"), source.shape[0])
-    # The source rows/columns that land inside the destination.
-    src_top, src_left = max(0, -top), max(0, -left)
-    dst_top, dst_left = max(0, top), max(0, left)
-    h = min(sh - src_top, dh - dst_top)
-    w = min(sw - src_left, dw - dst_left)
-    if h <= 0 or w <= 0:
-        return out
-    m = mask[:, :, src_top:src_top + h, src_left:src_left + w]
-    src = source[:, :, src_top:src_top + h, src_left:src_left + w]
-    region = out[:, :, dst_top:dst_top + h, dst_left:dst_left + w]
-    out[:, :, dst_top:dst_top + h, dst_left:dst_left + w] = m * src + (1.0 - m) * region
-    return out
-
-
 def composite_images(destination: torch.Tensor, source: torch.Tensor, x: int, y: int,
                      mask: torch.Tensor | None = None, resize_source: bool = False) -> torch.Tensor:
     """composite() for IMAGEs [B,H,W,C] at pixel positions (ImageCompositeMasked)."""
     destination, source = match_channels(destination, source)
-    return composite(destination.movedim(-1, 1), source.movedim(-1, 1), x, y, mask, 1,
-                     resize_source).movedim(1, -1)
+    return resample.composite_masked(destination.movedim(-1, 1), source.movedim(-1, 1), x, y, mask, 1,
+                                     resize_source).movedim(1, -1)
 
 
 def _soft_light_g(x: torch.Tensor) -> torch.Tensor:

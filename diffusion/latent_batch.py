@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from diffusion.latent_ops import repeat_to_batch, reshape_like, resize
+from diffusion.latent_ops import reshape_like, resize
+from diffusion.resample import repeat_to_batch
 
 
 def _per_item_masks(latent: dict) -> torch.Tensor | None:

@@ -17,7 +17,7 @@ import os
 
 import torch
 
-from diffusion import latent_batch, latent_ops
+from diffusion import latent_batch, latent_ops, resample
 from diffusion.latent_ops import LATENT_RATIO, UPSCALE_METHODS
 from diffusion.loading.latent_files import load_latent, save_latent
 from diffusion.models.vae import inpaint_inputs
@@ -86,7 +86,7 @@ class LatentComposite:
     Boolean("resize_source", False), Link("mask", "MASK", optional=True)])
 class LatentCompositeMasked:
     def execute(self, destination, source, x, y, resize_source, mask=None):
-        composed = latent_ops.composite_masked(destination["samples"], source["samples"], x, y, mask,
+        composed = resample.composite_masked(destination["samples"], source["samples"], x, y, mask,
                                                LATENT_RATIO, resize_source)
         return _with_samples(destination, composed)
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffusion import latent_ops
+from diffusion import latent_ops, resample
 from nodes import latent_nodes as ln
 
 
@@ -70,7 +70,7 @@ def test_bislerp_matches_an_independent_slerp(size):
     x = _latent(2, 4, h, w)
     x[0, :, 1, 1] = 0  # a zero vector: direction 0
     x[1, :, 2, 2] = -x[1, :, 2, 3]  # opposite neighbours: linear blend
-    got = latent_ops.bislerp(x, new_w, new_h)
+    got = resample.bislerp(x, new_w, new_h)
     assert got.shape == (2, 4, new_h, new_w) and got.dtype == torch.float32
     torch.testing.assert_close(got, _bislerp_ref(x, new_w, new_h), atol=1e-5, rtol=1e-5)
 
@@ -78,7 +78,7 @@ def test_bislerp_matches_an_independent_slerp(size):
 def test_bislerp_keeps_vector_lengths_between_neighbours():
     # slerp keeps the length interpolated: a constant-length field stays constant-length
     x = F.normalize(_latent(1, 4, 5, 5), dim=1) * 3.0
-    out = latent_ops.bislerp(x, 13, 11)
+    out = resample.bislerp(x, 13, 11)
     torch.testing.assert_close(out.norm(dim=1), torch.full((1, 11, 13), 3.0), atol=1e-5, rtol=0)
 
 
@@ -117,7 +117,7 @@ def test_center_crop_cuts_to_target_aspect_first():
     (out,) = ln.LatentUpscale().execute({"samples": x}, "nearest-exact", 64, 64, "center")
     assert torch.equal(out["samples"], F.interpolate(x[:, :, :, 2:6], size=(8, 8), mode="nearest-exact"))
     y = _latent(1, 4, 9, 4)
-    cropped = latent_ops.crop_to_aspect(y, 4, 3)  # 9 high -> 3 high, round((9 - 3) / 2) = 3 off each side
+    cropped = resample.crop_to_aspect(y, 4, 3)  # 9 high -> 3 high, round((9 - 3) / 2) = 3 off each side
     assert torch.equal(cropped, y[:, :, 3:6, :])
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from diffusion import resample
+
 # The scaled latent of an all-zero (mid-grey in -1..1) image under the SD1/SD2 VAE, per channel.
 GREY_LATENT = (0.8223, -0.6876, 0.6364, 0.1380)
 
@@ -81,15 +83,7 @@ def _fit(t: torch.Tensor, hw) -> torch.Tensor:
     """[B,C,h,w] centre-cropped to the aspect of `hw`, then resized bilinearly to it."""
     if tuple(t.shape[-2:]) == tuple(hw):
         return t
-    old_h, old_w = t.shape[-2:]
-    old_aspect, new_aspect = old_w / old_h, hw[1] / hw[0]
-    y = x = 0
-    if old_aspect > new_aspect:
-        x = round((old_w - old_w * (new_aspect / old_aspect)) / 2)
-    elif old_aspect < new_aspect:
-        y = round((old_h - old_h * (old_aspect / new_aspect)) / 2)
-    t = t[..., y:old_h - y, x:old_w - x]
-    return F.interpolate(t, size=tuple(hw), mode="bilinear")
+    return resample.resize(t, hw[1], hw[0], "bilinear", "center")
 
 
 def concat_inputs(options: dict, noise_shape, latent_format, latent_image=None, denoise_mask=None,
