@@ -18,6 +18,7 @@ BUILTIN_MODULES = [
     "nodes.utility_nodes",
     "nodes.image_nodes",
     "nodes.sd_loaders", "nodes.sd_conditioning", "nodes.sd_latent", "nodes.sd_sampling",
+    "nodes.custom_sampling",
 ]
 
 

@@ -45,6 +45,17 @@ def _inpaint_noise(sampler, noise: torch.Tensor, seed) -> torch.Tensor:
     return torch.randn(noise.shape, generator=generator).to(noise.device)
 
 
+def add_noise(model, noise: torch.Tensor, latent_image: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """The latent noised to the span of `sigmas` (|first - last|, or the only sigma), unscaled (AddNoise):
+    what a sampler starting from there expects after a run without noise."""
+    scale = (sigmas[0] - sigmas[-1]).abs() if len(sigmas) > 1 else sigmas[0]
+    latent = latent_image.to(torch.float32)
+    if torch.count_nonzero(latent) > 0:  # an empty latent is not scaled
+        latent = model.latent_format.process_in(latent)
+    noisy = model.model_sampling.noise_scaling(scale, noise.to(torch.float32), latent)
+    return torch.nan_to_num(model.latent_format.process_out(noisy), nan=0.0, posinf=0.0, neginf=0.0)
+
+
 class Guider:
     """Base GUIDER: subclasses say how to build the denoiser (x, sigma, **extra_args) -> x0."""
 
