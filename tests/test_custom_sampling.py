@@ -11,21 +11,17 @@ from tests.sdnodes_env import one_torch_thread, registry, sd_home, tiny_checkpoi
 STEPS, CFG, SEED = 4, 5.0, 7
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_torch_thread():
-        yield
-
-
 @pytest.fixture(scope="module")
 def sd1(tiny_checkpoint_files):  # noqa: F811
+    """(MODEL, positive, negative) of the tiny SD1 checkpoint; one torch thread while the module runs."""
     from diffusion.loading.checkpoint import load_checkpoint
     from nodes.sd_conditioning import CLIPTextEncode
 
-    ckpt = load_checkpoint(tiny_checkpoint_files["sd1"])
-    positive = CLIPTextEncode().execute(ckpt.clip, "a red apple")[0]
-    negative = CLIPTextEncode().execute(ckpt.clip, "blurry")[0]
-    return ckpt.model, positive, negative
+    with one_torch_thread():
+        ckpt = load_checkpoint(tiny_checkpoint_files["sd1"])
+        positive = CLIPTextEncode().execute(ckpt.clip, "a red apple")[0]
+        negative = CLIPTextEncode().execute(ckpt.clip, "blurry")[0]
+        yield ckpt.model, positive, negative
 
 
 def _empty(batch=1):
