@@ -66,7 +66,7 @@ _LATENT_PAIR = [Out("LATENT", "output", tooltip="The sampled latent."),
 def sample_custom(guider, noise, sampler, sigmas, latent: dict, seed) -> tuple[dict, dict]:
     """(output, denoised_output) LATENT dicts: sample with the given parts and keep the last x0."""
     check_interrupt()
-    model = guider.model
+    model = guider.model_patcher  # ComfyUI's attribute, so guiders from plugins work too
     latent = latent.copy()  # keeps noise_mask / batch_index for the next stage
     latent["samples"] = fix_empty_latent_channels(model, latent["samples"])
     progress = progress_callback(model)
