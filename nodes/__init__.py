@@ -22,6 +22,7 @@ BUILTIN_MODULES = [
     "nodes.latent_nodes",
     "nodes.image_ops",
     "nodes.mask_nodes",
+    "nodes.custom_sampling",
 ]
 
 

@@ -44,7 +44,7 @@ def _common_inputs(seed_name: str, seed_tip: str) -> list:
 _MODEL = Link("model", "MODEL", tooltip="The diffusion model that predicts the noise.")
 
 
-def _progress_callback(model):
+def progress_callback(model):
     """callback(step, total, x0) for diffusion.sampling: progress, interrupt check, preview.
 
     report_progress raises InterruptProcessing when an interrupt was asked for, which ends the
@@ -90,7 +90,7 @@ def common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, 
     samples = sampling.sample(
         model, noise, positive, negative, cfg, sampler_name, scheduler, steps, latent_image,
         denoise=denoise, start_step=start_step, last_step=last_step, force_full_denoise=force_full_denoise,
-        noise_mask=latent.get("noise_mask"), callback=_progress_callback(model), seed=seed,
+        noise_mask=latent.get("noise_mask"), callback=progress_callback(model), seed=seed,
         disable_pbar=True)
     out = latent.copy()  # keeps noise_mask / batch_index for the next stage
     out["samples"] = samples

@@ -43,4 +43,9 @@ BUILTIN_VALUE_TYPES = {
     "IMAGE": ValueType(lambda v: _tensor(v, 4), "an IMAGE tensor [B,H,W,C]"),
     "MASK": ValueType(lambda v: _tensor(v, 2, 3), "a MASK tensor [B,H,W]"),
     "STRING": ValueType(lambda v: isinstance(v, str), "a string"),
+    # custom sampling (nodes/custom_sampling.py)
+    "SIGMAS": ValueType(lambda v: _tensor(v, 1), "SIGMAS (a 1-D tensor of noise levels)"),
+    "SAMPLER": ValueType(_has_method("sample"), "a SAMPLER", "Connect KSamplerSelect or another sampler node."),
+    "NOISE": ValueType(_has_method("generate_noise"), "a NOISE", "Connect RandomNoise or DisableNoise."),
+    "GUIDER": ValueType(_has_method("sample"), "a GUIDER", "Connect CFGGuider or BasicGuider."),
 }

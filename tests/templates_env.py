@@ -19,7 +19,7 @@ TEMPLATES_VERSION = "0.1.123"
 
 # Editor-only node types: the UI-to-API conversion drops or resolves them; they never reach a registry.
 EDITOR_ONLY = frozenset({"Note", "MarkdownNote", "Reroute", "PrimitiveNode"})
-SAMPLERS = ("KSampler", "KSamplerAdvanced")
+SAMPLERS = ("KSampler", "KSamplerAdvanced", "SDTurboScheduler")  # nodes whose "steps" input is overridden
 # Sampler inputs that count steps: scaled with the step count so a base/refiner split stays a split.
 STEP_POSITIONS = ("start_at_step", "end_at_step")
 

@@ -22,6 +22,7 @@ DETERMINISTIC = {
     "res_multistep": (0.03, 3.0), "res_multistep_cfg_pp": (0.03, 3.0), "exp_heun_2_x0": (0.02, 3.0),
     "gradient_estimation": (0.1, 1.3), "gradient_estimation_cfg_pp": (0.1, 1.3),
     "ipndm_v": (0.015, None),  # published order-4 weights are not exact AB4: no clean rate
+    "plms": (0.01, 3.0),  # ours (not in ComfyUI): fixed-weight AB4 after a Heun warm-up
 }
 STOCHASTIC = ["euler_ancestral", "euler_ancestral_cfg_pp", "dpm_2_ancestral", "dpmpp_2s_ancestral",
               "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu",

@@ -18,12 +18,17 @@ COMPAT_ORDER = (
 ).split(", ")
 
 
-def test_all_44_names_in_compat_order():
+# Ours beyond ComfyUI's list; they come after it, so ComfyUI's combo order stays a prefix of ours.
+OUR_EXTRAS = ["plms"]
+
+
+def test_all_44_names_in_compat_order_then_ours():
     assert len(COMPAT_ORDER) == 44
-    assert SAMPLER_NAMES == COMPAT_ORDER
+    assert SAMPLER_NAMES[:44] == COMPAT_ORDER
+    assert SAMPLER_NAMES[44:] == OUR_EXTRAS
 
 
-@pytest.mark.parametrize("name", COMPAT_ORDER)
+@pytest.mark.parametrize("name", COMPAT_ORDER + OUR_EXTRAS)
 def test_common_signature(name):
     params = list(inspect.signature(get_sampler(name)).parameters)
     assert params[:6] == ["model", "x", "sigmas", "extra_args", "callback", "disable"]
@@ -34,7 +39,7 @@ def test_unknown_sampler_named():
         get_sampler("nope")
 
 
-@pytest.mark.parametrize("name", COMPAT_ORDER)
+@pytest.mark.parametrize("name", COMPAT_ORDER + OUR_EXTRAS)
 def test_short_schedules_run(name):
     """One sigma (no step), one step to 0, one step to a non-zero sigma: finite results."""
     import torch

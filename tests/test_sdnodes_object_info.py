@@ -19,6 +19,8 @@ SAMPLERS = ("euler euler_cfg_pp euler_ancestral euler_ancestral_cfg_pp heun heun
             "ipndm ipndm_v deis res_multistep res_multistep_cfg_pp res_multistep_ancestral "
             "res_multistep_ancestral_cfg_pp gradient_estimation gradient_estimation_cfg_pp er_sde seeds_2 "
             "seeds_3 sa_solver sa_solver_pece ddim uni_pc uni_pc_bh2").split()
+# Our extra samplers (plms) follow ComfyUI's 44 names: the combo must start with ComfyUI's list.
+OUR_SAMPLERS = ["plms"]
 SCHEDULERS = "simple sgm_uniform karras exponential ddim_uniform beta normal linear_quadratic kl_optimal".split()
 
 # (name, type, default, min, max, step); None = not stated in COMPAT / not applicable.
@@ -96,7 +98,9 @@ def test_object_info_matches_compat(class_type, registry, sd_home):  # noqa: F81
     for name, kind, default, lo, hi, step in inputs:
         spec = required[name]
         opts = spec[1] if len(spec) > 1 else {}
-        if isinstance(kind, (list, tuple)):  # literal combo
+        if kind is SAMPLERS:  # ComfyUI's sampler names first, then ours
+            assert spec[0] == SAMPLERS + OUR_SAMPLERS, f"{class_type}.{name} combo options"
+        elif isinstance(kind, (list, tuple)):  # literal combo
             assert spec[0] == list(kind), f"{class_type}.{name} combo options"
         elif kind.islower():  # combo listing a model folder
             assert isinstance(spec[0], list)

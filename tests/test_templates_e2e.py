@@ -31,16 +31,18 @@ LATENT_RTOL = 1e-4
 # notices when the registry or the package changes this list.
 # Those without a checkpoint (image and mask nodes only) run in tests/test_image_nodes_templates.py.
 NO_CHECKPOINT = ["basic_mask_operations_and_compositing.json"]
-WITH_CHECKPOINT = ["image_sdxl_simple.json", "sdxl_refiner_prompt_example.json", "sdxl_simple_example.json"]
+WITH_CHECKPOINT = ["image_sdxl_simple.json", "sdxl_refiner_prompt_example.json", "sdxl_simple_example.json",
+                   "sdxlturbo_example.json"]
 RUNNABLE = sorted(NO_CHECKPOINT + WITH_CHECKPOINT)
 SDXL_BASE = "sd_xl_base_1.0.safetensors"
 SDXL_REFINER = "sd_xl_refiner_1.0.safetensors"
+SDXL_TURBO = "sd_xl_turbo_1.0_fp16.safetensors"
 
 
 def _tiny_builders():
     from tools.make_tiny_checkpoint import make_tiny_sdxl, make_tiny_sdxl_refiner
 
-    return {SDXL_BASE: make_tiny_sdxl, SDXL_REFINER: make_tiny_sdxl_refiner}
+    return {SDXL_BASE: make_tiny_sdxl, SDXL_REFINER: make_tiny_sdxl_refiner, SDXL_TURBO: make_tiny_sdxl}
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +160,7 @@ def test_template_runs_end_to_end(registry, home, tiny_files, spy, name):
 
     # Every step of every sampler ran a UNet of the architecture its loader holds; the steps the
     # template gives each model (edited on its primitive or overridden on its sampler) all ran.
-    archs = {"sd_xl_base_1.0.safetensors": "sdxl", "sd_xl_refiner_1.0.safetensors": "sdxl_refiner"}
+    archs = {SDXL_BASE: "sdxl", SDXL_REFINER: "sdxl_refiner", SDXL_TURBO: "sdxl"}
     assert {arch for arch, _ in spy["unet"]} == {archs[c] for c in checkpoint_names(prompt).values()}
     assert len({sigma for _, sigma in spy["unet"]}) == STEPS
 
@@ -178,6 +180,15 @@ def test_refiner_template_splits_the_schedule_between_base_and_refiner(registry,
     torch.testing.assert_close(torch.tensor(split["sdxl"]), sigmas[:3], rtol=1e-5, atol=0)
     torch.testing.assert_close(torch.tensor(split["sdxl_refiner"]), sigmas[3:4], rtol=1e-5, atol=0)
     assert {"10", "11", "12", "15", "16"} <= set(result.ran)  # the refiner loader, its prompts, its pass
+
+
+def test_sdxl_turbo_template_samples_the_turbo_timesteps(registry, home, tiny_files, spy):
+    """sdxlturbo_example (SamplerCustom + SDTurboScheduler, cfg 1): one unguided UNet call per step at
+    timesteps 999, 899, 799, 699 of the SD sigma table."""
+    _run(registry, home, tiny_files, "sdxlturbo_example.json")
+    sigmas = [sigma for _, sigma in spy["unet"]]
+    assert len(sigmas) == STEPS  # cfg 1: no negative pass
+    torch.testing.assert_close(torch.tensor(sigmas), ref.sigma_table()[[999, 899, 799, 699]], rtol=1e-6, atol=0)
 
 
 def _encode(clip, text):

@@ -106,3 +106,26 @@ def brownian_noise_sampler(x: torch.Tensor, sigmas: torch.Tensor, seed: int | No
     """Brownian tree spanning the non-zero part of a schedule (what the SDE samplers build)."""
     positive = sigmas[sigmas > 0]
     return BrownianTreeNoiseSampler(x, positive.min(), sigmas.max(), seed=seed, cpu=cpu, transform=transform)
+
+
+class RandomNoise:
+    """A NOISE value: the initial noise of `seed`, drawn for a LATENT dict as KSampler draws it
+    (prepare_noise, honouring the latent's batch_index)."""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def generate_noise(self, latent: dict) -> torch.Tensor:
+        return prepare_noise(latent["samples"], self.seed, latent.get("batch_index"))
+
+
+class DisableNoise:
+    """A NOISE value of zeros: sampling starts from the latent itself. Its seed (0) still seeds the
+    per-step noise of stochastic samplers, as ComfyUI's DisableNoise does."""
+
+    seed = 0
+
+    def generate_noise(self, latent: dict) -> torch.Tensor:
+        samples = latent["samples"]
+        dtype = samples.dtype if samples.dtype.is_floating_point else torch.float32
+        return torch.zeros(samples.shape, dtype=dtype, device="cpu")

@@ -31,6 +31,35 @@ def get_sigmas_exponential(n: int, sigma_min: float, sigma_max: float) -> torch.
     return _with_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n).exp())
 
 
+def get_sigmas_polyexponential(n: int, sigma_min: float, sigma_max: float, rho: float = 1.0) -> torch.Tensor:
+    """k-diffusion's polyexponential schedule: log-sigma follows a ramp**rho (rho 1: exponential)."""
+    ramp = torch.linspace(1, 0, n) ** rho
+    return _with_zero((ramp * (math.log(sigma_max) - math.log(sigma_min)) + math.log(sigma_min)).exp())
+
+
+def get_sigmas_vp(n: int, beta_d: float = 19.9, beta_min: float = 0.1, eps_s: float = 1e-3) -> torch.Tensor:
+    """k-diffusion's continuous VP schedule (Song et al. 2021): sigma(t) for t from 1 down to eps_s."""
+    t = torch.linspace(1, eps_s, n)
+    return _with_zero(torch.special.expm1(beta_d * t ** 2 / 2 + beta_min * t).sqrt())
+
+
+def get_sigmas_laplace(n: int, sigma_min: float, sigma_max: float, mu: float = 0.0, beta: float = 0.5) -> torch.Tensor:
+    """Laplace schedule (Tiankai et al. 2024): log-sigma at the Laplace(mu, beta) quantiles, clamped to
+    [sigma_min, sigma_max]. As in ComfyUI it has n sigmas and no final 0, so sampling ends at sigma_min."""
+    x = torch.linspace(0, 1, n)
+    centred = 0.5 - x
+    log_sigma = mu - beta * centred.sign() * torch.log(1 - 2 * centred.abs() + 1e-5)  # 1e-5: no log(0)
+    return log_sigma.exp().clamp(min=sigma_min, max=sigma_max).to(torch.float32)
+
+
+def sd_turbo_sigmas(model_sampling, steps: int, denoise: float = 1.0) -> torch.Tensor:
+    """SD/SDXL-Turbo's schedule (ComfyUI's SDTurboScheduler): at most ten timesteps 999, 899, ..., 99;
+    denoise < 1 skips the first 10 - int(10 * denoise) of them, then `steps` are taken."""
+    start = 10 - int(10 * denoise)
+    timesteps = torch.arange(999, 0, -100)[start:start + steps]
+    return _with_zero(model_sampling.sigma(timesteps))
+
+
 def kl_optimal_sigmas(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
     """'Align Your Steps' KL-optimal schedule (Sabour et al. 2024): uniform steps in atan(sigma)."""
     if n == 1:
@@ -140,3 +169,42 @@ def calculate_sigmas(model_sampling, scheduler: str, steps: int) -> torch.Tensor
     if int(steps) < 1:
         raise ValueError(f"scheduler {scheduler!r}: steps must be >= 1, got {steps}")
     return SCHEDULERS[scheduler](model_sampling, int(steps))
+
+
+# --- editing a schedule (SIGMAS nodes) -----------------------------------------------------------------
+
+def split_sigmas(sigmas: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The schedule up to `step` and from `step` on; both hold sigmas[step], so the two runs chain."""
+    return sigmas[:step + 1], sigmas[step:]
+
+
+def split_sigmas_denoise(sigmas: torch.Tensor, denoise: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split so the low part holds round(steps * denoise) steps. As in ComfyUI, zero low steps leave the
+    high part empty (Python's [:-0])."""
+    low_steps = round(max(sigmas.shape[-1] - 1, 0) * denoise)
+    return sigmas[:-low_steps], sigmas[-(low_steps + 1):]
+
+
+def flip_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
+    """The schedule reversed (for unsampling: image to noise); a leading 0 becomes 1e-4 so the first
+    step has a sigma to divide by."""
+    if len(sigmas) == 0:
+        return sigmas
+    flipped = sigmas.flip(0)
+    if flipped[0] == 0:
+        flipped[0] = 0.0001
+    return flipped
+
+
+def set_first_sigma(sigmas: torch.Tensor, sigma: float) -> torch.Tensor:
+    out = sigmas.clone()
+    out[0] = sigma
+    return out
+
+
+def parse_sigmas(text: str) -> torch.Tensor:
+    """Sigmas written out as numbers ("14.6, 7.3, 0"), any separators (ManualSigmas)."""
+    import re
+
+    numbers = re.findall(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", text)
+    return torch.tensor([float(n) for n in numbers], dtype=torch.float32)

@@ -9,6 +9,10 @@ import torch
 
 from diffusion.sampling.noise import brownian_noise_sampler, default_noise_sampler
 
+# Fixed-step Adams-Bashforth weights by order, newest slope first (iPNDM, PLMS).
+ADAMS_BASHFORTH_WEIGHTS = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12),
+                           4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
+
 
 def steps(n: int, disable=None):
     """Step indices; a tqdm bar only when explicitly asked for (disable=False) to keep loops cheap."""

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from diffusion.sampling.samplers.common import (capture_uncond, lagrange_weights, report, sde_noise, setup, sigma_of_t,
-                              steps, t_of_sigma, to_d)
+from diffusion.sampling.samplers.common import (ADAMS_BASHFORTH_WEIGHTS, capture_uncond, lagrange_weights, report,
+                                                sde_noise, setup, sigma_of_t, steps, t_of_sigma, to_d)
 
 
 @torch.no_grad()
@@ -190,11 +190,6 @@ def sample_dpmpp_3m_sde_gpu(model, x, sigmas, extra_args=None, callback=None, di
     return _dpmpp_3m_sde(model, x, sigmas, extra_args, callback, disable, eta, s_noise, noise_sampler, cpu=False)
 
 
-# Fixed-step Adams-Bashforth weights, newest slope first (iPNDM, Zhang & Chen 2023).
-_AB_WEIGHTS = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12),
-               4: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
-
-
 def _adams_bashforth(model, x, sigmas, extra_args, callback, disable, max_order, weights_for):
     """Shared loop of iPNDM / iPNDM-v / DEIS: x += sum_j w_j * d_{i-j} with the final step
     to sigma = 0 taken as the x0 prediction itself. `weights_for(i, order)` returns absolute
@@ -221,7 +216,7 @@ def sample_ipndm(model, x, sigmas, extra_args=None, callback=None, disable=None,
 
     def weights(i, order):
         dt = float(sig[i + 1] - sig[i])
-        return [dt * w for w in _AB_WEIGHTS[order]]
+        return [dt * w for w in ADAMS_BASHFORTH_WEIGHTS[order]]
 
     return _adams_bashforth(model, x, sigmas, extra_args, callback, disable, max_order, weights)
 
