@@ -151,7 +151,7 @@ def randomise_clip(model: ClipTextModel, std: float = 0.02) -> ClipTextModel:
         else:
             p.normal_(0.0, std)
         weights[name] = p
-    model.load_state_dict(weights)
+    model.load_state_dict(weights, assign=True)  # the new tensors become the weights: no second copy
     return model
 
 

@@ -67,6 +67,7 @@ class _Attention(nn.Module):
     def __init__(self, cfg: ClipTextConfig):
         super().__init__()
         self.heads = cfg.heads
+        # open_clip files stack q, k, v: one matmul over the stacked rows keeps that layout's rounding
         self.fused_qkv = cfg.layout == "open_clip"
         self.q_proj = CastLinear(cfg.width, cfg.width)
         self.k_proj = CastLinear(cfg.width, cfg.width)
