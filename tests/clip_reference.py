@@ -1,7 +1,7 @@
 """Reference CLIP text models from transformers and their conversion to the checkpoint layouts.
 
-The mapping here is written independently of diffusion/clip.py (which has no mapping: its modules
-carry the original names), so a test passing means our module tree really is the file layout.
+The mapping here is written independently of diffusion/loading/keymaps.py (the key map our one CLIP
+network loads and saves through), so a test passing means our state dicts really are the file layouts.
 """
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from diffusion.loading.config import ClipTextConfig, heads_for_width
-from diffusion.models.clip import ClipTextModel
 from diffusion.text.encoder import TOWERS
-from tools.make_tiny_checkpoint import randomise_clip
+from tools.make_tiny_checkpoint import new_clip, randomise_clip
 
 VOCAB = 49408
 CONTEXT = 77
@@ -176,8 +175,8 @@ def random_text_encoder_weights(arch: str, widths: dict[str, int] | None = None,
                 heads=heads_for_width(width), vocab_size=VOCAB, context_length=CONTEXT,
                 projection_dim=None if spec.key == "l" else width, activation=spec.activation,
             )
-            model = randomise_clip(ClipTextModel(config))
-            out.update({spec.prefix + k: v.to(dtype) for k, v in model.state_dict().items()})
+            model = randomise_clip(new_clip(config))
+            out.update({spec.prefix + k: v.to(dtype).contiguous() for k, v in model.state_dict().items()})
         return out
     finally:
         torch.random.set_rng_state(generator_state)

@@ -135,7 +135,7 @@ def test_init_weights_gives_finite_outputs():
     with torch.no_grad():
         out = model(model.embed_tokens(ids, torch.float32), torch.tensor([6]))
     assert torch.isfinite(out.last_hidden).all() and out.projected.shape == (1, 16)
-    assert torch.equal(model.ln_final.weight, torch.ones(32))
+    assert torch.equal(model.text_model.final_layer_norm.weight, torch.ones(32))
 
 
 # --- key sets at full size: our modules carry exactly the keys and shapes of released checkpoints ---

@@ -137,8 +137,14 @@ def _randomise_unet(unet: UNetModel) -> UNetModel:
 
 @torch.no_grad()
 def randomise_clip(model: ClipTextModel, std: float = 0.02) -> ClipTextModel:
-    """Random text-model weights (normal, std 0.02; norms at 1/0), in place."""
-    for name, p in model.named_parameters():
+    """Random text-model weights (normal, std 0.02; norms at 1/0), in place.
+
+    Drawn weight by weight in the file layout (`model.state_dict()`), so a seed gives the weights it
+    gave when each layout had its own module tree.
+    """
+    weights = {}
+    for name, current in model.state_dict().items():
+        p = torch.empty(current.shape, dtype=current.dtype)
         if name.endswith(("layer_norm1.weight", "layer_norm2.weight", "ln_1.weight", "ln_2.weight",
                           "final_layer_norm.weight", "ln_final.weight")):
             p.fill_(1.0)
@@ -146,7 +152,26 @@ def randomise_clip(model: ClipTextModel, std: float = 0.02) -> ClipTextModel:
             p.zero_()
         else:
             p.normal_(0.0, std)
+        weights[name] = p
+    model.load_state_dict(weights, assign=True)  # the new tensors become the weights: no second copy
     return model
+
+
+def new_clip(cfg: ClipTextConfig) -> ClipTextModel:
+    """An untrained ClipTextModel whose construction draws the random numbers the file layout's own
+    module tree drew, so a seeded checkpoint stays the same file. The open_clip tree initialised only
+    its token Embedding and per block out_proj, c_fc and c_proj (in_proj, positions and projection
+    were bare Parameters); the network itself is built on the meta device, drawing nothing."""
+    if cfg.layout == "hf":
+        return ClipTextModel(cfg)
+    torch.nn.Embedding(cfg.vocab_size, cfg.width)
+    for _ in range(cfg.layers):
+        torch.nn.Linear(cfg.width, cfg.width)
+        torch.nn.Linear(cfg.width, cfg.mlp_width)
+        torch.nn.Linear(cfg.mlp_width, cfg.width)
+    with torch.device("meta"):
+        model = ClipTextModel(cfg)
+    return model.to_empty(device="cpu")
 
 
 def _prefixed(prefix: str, module: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -167,7 +192,7 @@ def build_state_dict(unet_cfg: UNetConfig, vae_cfg: VAEConfig, towers: list[tupl
         sd.update(_prefixed("model.diffusion_model.", _randomise_unet(UNetModel(unet_cfg)), dtype))
         sd.update(_prefixed("first_stage_model.", AutoencoderKL(vae_cfg), dtype))
         for prefix, cfg in towers:
-            sd.update(_prefixed(prefix, randomise_clip(ClipTextModel(cfg)), dtype))
+            sd.update(_prefixed(prefix, randomise_clip(new_clip(cfg)), dtype))
     return sd, _metadata(unet_cfg, arch, seed)
 
 

@@ -309,7 +309,7 @@ def heads_for_width(width: int) -> int:
 
 @dataclass(frozen=True)
 class ClipTextConfig:
-    layout: str  # "hf" | "open_clip"
+    layout: str  # the file's key layout, "hf" | "open_clip": how weights load and save (keymaps.clip_key_map)
     width: int
     layers: int
     heads: int

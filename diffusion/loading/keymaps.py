@@ -1,16 +1,19 @@
 """Key maps: from the names weights carry in files to the names our networks use.
 
-The networks keep the original single-file layouts' names wherever they can (UNet and VAE below their
-checkpoint prefix, CLIP text models in their transformers or open_clip names), so most of the mapping
-is stripping a prefix and dropping keys the networks do not use.
+The UNet and the VAE keep the original single-file names below their checkpoint prefix, so for them
+the mapping is stripping a prefix and dropping keys the networks do not use. The CLIP text network
+carries transformers' names; `clip_key_map` says how open_clip's file layout maps onto it (the idea of
+mlx-examples' `model_io.py`), and `file_to_network` / `network_to_file` apply that map both ways, so
+a model saves back under the keys its file had.
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 
-from diffusion.loading.config import VAEConfig, VAEError
+from diffusion.loading.config import ClipTextConfig, VAEConfig, VAEError
 
 log = logging.getLogger(__name__)
 
@@ -59,3 +62,85 @@ def normalize_text_model_keys(sd) -> dict:
     if "embeddings.token_embedding.weight" in sd and "text_model.embeddings.token_embedding.weight" not in sd:
         sd = {(k if k.startswith("text_projection") else "text_model." + k): v for k, v in sd.items()}
     return sd
+
+
+# --- CLIP text models: file layouts onto the one network (diffusion.models.clip) -------------------
+
+@dataclass(frozen=True)
+class FileWeight:
+    """How one weight of a text-encoder file is made of the network's weights: `parts` stacked on
+    rows (open_clip's in_proj holds q, k and v), transposed if `transposed` (open_clip multiplies
+    `x @ text_projection`; a Linear stores the transpose)."""
+
+    parts: tuple[str, ...]
+    transposed: bool = False
+
+
+# open_clip block names -> transformers layer names, both below the layer's prefix
+_OPEN_CLIP_BLOCK = (("ln_1", "layer_norm1"), ("attn.out_proj", "self_attn.out_proj"), ("ln_2", "layer_norm2"),
+                    ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2"))
+
+
+def clip_key_map(config: ClipTextConfig) -> dict[str, FileWeight]:
+    """File key -> `FileWeight` for a text model whose file has `config.layout`.
+
+    Empty for "hf": the network's names are that layout's. For "open_clip" the keys come in the
+    order open_clip's modules list them, so a saved file keeps its original order.
+    """
+    if config.layout == "hf":
+        return {}
+    out = {"positional_embedding": FileWeight(("text_model.embeddings.position_embedding.weight",))}
+    if config.projection_dim is not None:
+        out["text_projection"] = FileWeight(("text_projection.weight",), transposed=True)
+    out["token_embedding.weight"] = FileWeight(("text_model.embeddings.token_embedding.weight",))
+    for i in range(config.layers):
+        src, dst = f"transformer.resblocks.{i}.", f"text_model.encoder.layers.{i}."
+        for old, new in _OPEN_CLIP_BLOCK:
+            for part in ("weight", "bias"):
+                out[f"{src}{old}.{part}"] = FileWeight((f"{dst}{new}.{part}",))
+            if old == "ln_1":  # in_proj sits between ln_1 and out_proj in open_clip's order
+                for part in ("weight", "bias"):
+                    out[f"{src}attn.in_proj_{part}"] = FileWeight(
+                        tuple(f"{dst}self_attn.{p}_proj.{part}" for p in "qkv"))
+    for part in ("weight", "bias"):
+        out[f"ln_final.{part}"] = FileWeight((f"text_model.final_layer_norm.{part}",))
+    return out
+
+
+def file_to_network(sd: dict, key_map: dict[str, FileWeight], prefix: str = "") -> None:
+    """Rename, in place, the file weights under `prefix` to network weights: stacked ones become row
+    slices and transposed ones transposed views, so nothing is copied."""
+    for file_key, fw in key_map.items():
+        tensor = sd.pop(prefix + file_key, None)
+        if tensor is None:
+            continue
+        if fw.transposed:
+            tensor = tensor.t()
+        for part, piece in zip(fw.parts, tensor.chunk(len(fw.parts)) if len(fw.parts) > 1 else (tensor,)):
+            sd[prefix + part] = piece
+
+
+def network_to_file(sd: dict, key_map: dict[str, FileWeight], prefix: str = "") -> None:
+    """The inverse of `file_to_network`, in place, in the key map's (the file's) order."""
+    for file_key, fw in key_map.items():
+        if prefix + fw.parts[0] not in sd:
+            continue
+        tensor = stack_rows([sd.pop(prefix + part) for part in fw.parts])
+        sd[prefix + file_key] = tensor.t() if fw.transposed else tensor
+
+
+def stack_rows(parts: list[torch.Tensor]) -> torch.Tensor:
+    """`torch.cat(parts)`, but a view without a copy when the parts are consecutive row slices of one
+    tensor, which is how `file_to_network` leaves a stacked weight until a patch or a device move
+    replaces a part."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    offset = first.storage_offset()
+    for p in parts:
+        if (p.device.type == "meta" or p.device != first.device or p.dtype != first.dtype
+                or not p.is_contiguous() or p.shape[1:] != first.shape[1:] or p.storage_offset() != offset
+                or p.untyped_storage().data_ptr() != first.untyped_storage().data_ptr()):
+            return torch.cat(parts)
+        offset += p.numel()
+    return first.as_strided((sum(p.shape[0] for p in parts), *first.shape[1:]), first.stride())

@@ -1,19 +1,22 @@
-"""CLIP text transformers as stored in Stable Diffusion checkpoints, and their sizes.
+"""The CLIP text transformer of Stable Diffusion checkpoints: one network for every file layout.
 
-Two parameter layouts of the same pre-LayerNorm causal transformer occur in the files we load:
+The network carries transformers' CLIPTextModel names (`text_model.embeddings.token_embedding.weight`,
+`text_model.encoder.layers.N.self_attn.q_proj.weight`, `text_model.final_layer_norm.weight`,
+`text_projection.weight` as a Linear), which are also the names ComfyUI gives CLIP weights. Files come
+in two layouts (`config.layout`):
 
-- "hf" (transformers' CLIPTextModel names): the OpenAI CLIP ViT-L/14 text model of SD1
-  (`cond_stage_model.transformer.`) and SDXL (`conditioner.embedders.0.transformer.`), keys
-  `text_model.embeddings.token_embedding.weight`, `text_model.encoder.layers.N.self_attn.q_proj.weight`,
-  `text_model.final_layer_norm.weight`, optionally `text_projection.weight` ([proj, width], a Linear).
-- "open_clip" (open_clip's names): the OpenCLIP ViT-H/14 text model of SD2 (`cond_stage_model.model.`)
+- "hf": those names. The OpenAI CLIP ViT-L/14 text model of SD1 (`cond_stage_model.transformer.`)
+  and SDXL (`conditioner.embedders.0.transformer.`).
+- "open_clip": open_clip's names. The OpenCLIP ViT-H/14 text model of SD2 (`cond_stage_model.model.`)
   and ViT-bigG/14 of SDXL (`conditioner.embedders.1.model.`, refiner `conditioner.embedders.0.model.`),
   keys `token_embedding.weight`, `positional_embedding`, `transformer.resblocks.N.attn.in_proj_weight`
   (q, k, v stacked), `ln_final.weight`, `text_projection` ([width, proj], used as `x @ P`).
 
-Each layout has its own module tree whose `state_dict()` keys are exactly the file's keys below the
-prefix, so weights load with `load_state_dict(strict=True)` and a model built here can be saved back in
-the original layout. The forward pass is shared.
+`state_dict()` and `load_state_dict()` speak the file's layout through the key map of
+`diffusion.loading.keymaps.clip_key_map`: loading splits in_proj into row views for q, k and v and
+transposes the projection as a view (no copies), saving stacks and transposes back, so a model saves
+under the keys its file had. A model from an open_clip file still computes q, k and v as ONE matmul
+over the stacked weight, as that layout does: three matmuls may round differently.
 
 Sizes come from keys and shapes (`diffusion.loading.config.ClipTextConfig`, which also says how
 heads and activation are decided).
@@ -30,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion.loading.config import ClipTextConfig
+from diffusion.loading.keymaps import clip_key_map, file_to_network, network_to_file, stack_rows
 from diffusion.models.attention import attention
 
 # --- layers whose weights are cast to the input's dtype (storage dtype may differ from compute) ----
@@ -57,23 +61,31 @@ def _causal_self_attention(q, k, v, heads: int):
     return attention(q, k, v, heads, mask=causal)
 
 
-# --- "hf" layout -------------------------------------------------------------------------------------
+# --- the network --------------------------------------------------------------------------------
 
-class _HFAttention(nn.Module):
+class _Attention(nn.Module):
     def __init__(self, cfg: ClipTextConfig):
         super().__init__()
         self.heads = cfg.heads
+        # open_clip files stack q, k, v: one matmul over the stacked rows keeps that layout's rounding
+        self.fused_qkv = cfg.layout == "open_clip"
         self.q_proj = CastLinear(cfg.width, cfg.width)
         self.k_proj = CastLinear(cfg.width, cfg.width)
         self.v_proj = CastLinear(cfg.width, cfg.width)
         self.out_proj = CastLinear(cfg.width, cfg.width)
 
     def forward(self, x):
-        out = _causal_self_attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), self.heads)
-        return self.out_proj(out)
+        if self.fused_qkv:
+            projections = (self.q_proj, self.k_proj, self.v_proj)
+            weight = stack_rows([p.weight for p in projections])
+            bias = stack_rows([p.bias for p in projections])
+            q, k, v = F.linear(x, weight.to(x.dtype), bias.to(x.dtype)).chunk(3, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        return self.out_proj(_causal_self_attention(q, k, v, self.heads))
 
 
-class _HFMLP(nn.Module):
+class _MLP(nn.Module):
     def __init__(self, cfg: ClipTextConfig):
         super().__init__()
         self.fc1 = CastLinear(cfg.width, cfg.mlp_width)
@@ -84,84 +96,38 @@ class _HFMLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class _HFLayer(nn.Module):
+class _Layer(nn.Module):
     def __init__(self, cfg: ClipTextConfig):
         super().__init__()
         self.layer_norm1 = CastLayerNorm(cfg.width, eps=cfg.eps)
-        self.self_attn = _HFAttention(cfg)
+        self.self_attn = _Attention(cfg)
         self.layer_norm2 = CastLayerNorm(cfg.width, eps=cfg.eps)
-        self.mlp = _HFMLP(cfg)
+        self.mlp = _MLP(cfg)
 
     def forward(self, x):
         x = x + self.self_attn(self.layer_norm1(x))
         return x + self.mlp(self.layer_norm2(x))
 
 
-class _HFEmbeddings(nn.Module):
+class _Embeddings(nn.Module):
     def __init__(self, cfg: ClipTextConfig):
         super().__init__()
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
         self.position_embedding = nn.Embedding(cfg.context_length, cfg.width)
 
 
-class _HFEncoder(nn.Module):
+class _Encoder(nn.Module):
     def __init__(self, cfg: ClipTextConfig):
         super().__init__()
-        self.layers = nn.ModuleList(_HFLayer(cfg) for _ in range(cfg.layers))
+        self.layers = nn.ModuleList(_Layer(cfg) for _ in range(cfg.layers))
 
 
-class _HFTextTransformer(nn.Module):
+class _TextTransformer(nn.Module):
     def __init__(self, cfg: ClipTextConfig):
         super().__init__()
-        self.embeddings = _HFEmbeddings(cfg)
-        self.encoder = _HFEncoder(cfg)
+        self.embeddings = _Embeddings(cfg)
+        self.encoder = _Encoder(cfg)
         self.final_layer_norm = CastLayerNorm(cfg.width, eps=cfg.eps)
-
-
-# --- "open_clip" layout ------------------------------------------------------------------------------
-
-class _OpenClipAttention(nn.Module):
-    def __init__(self, cfg: ClipTextConfig):
-        super().__init__()
-        self.heads = cfg.heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * cfg.width, cfg.width))
-        self.in_proj_bias = nn.Parameter(torch.empty(3 * cfg.width))
-        self.out_proj = CastLinear(cfg.width, cfg.width)
-
-    def forward(self, x):
-        qkv = F.linear(x, self.in_proj_weight.to(x.dtype), self.in_proj_bias.to(x.dtype))
-        q, k, v = qkv.chunk(3, dim=-1)
-        return self.out_proj(_causal_self_attention(q, k, v, self.heads))
-
-
-class _OpenClipMLP(nn.Module):
-    def __init__(self, cfg: ClipTextConfig):
-        super().__init__()
-        self.c_fc = CastLinear(cfg.width, cfg.mlp_width)
-        self.c_proj = CastLinear(cfg.mlp_width, cfg.width)
-        self.act = _activation(cfg.activation)
-
-    def forward(self, x):
-        return self.c_proj(self.act(self.c_fc(x)))
-
-
-class _OpenClipBlock(nn.Module):
-    def __init__(self, cfg: ClipTextConfig):
-        super().__init__()
-        self.ln_1 = CastLayerNorm(cfg.width, eps=cfg.eps)
-        self.attn = _OpenClipAttention(cfg)
-        self.ln_2 = CastLayerNorm(cfg.width, eps=cfg.eps)
-        self.mlp = _OpenClipMLP(cfg)
-
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
-
-
-class _OpenClipTransformer(nn.Module):
-    def __init__(self, cfg: ClipTextConfig):
-        super().__init__()
-        self.resblocks = nn.ModuleList(_OpenClipBlock(cfg) for _ in range(cfg.layers))
 
 
 # --- the model ----------------------------------------------------------------------------------------
@@ -174,48 +140,29 @@ class ClipTextOutput(NamedTuple):
 
 
 class ClipTextModel(nn.Module):
-    """A CLIP text transformer in the parameter layout of `config.layout`."""
+    """A CLIP text transformer; its state dict is in the file layout `config.layout`."""
 
     def __init__(self, config: ClipTextConfig):
         super().__init__()
         self.config = config
-        if config.layout == "hf":
-            self.text_model = _HFTextTransformer(config)
-            if config.projection_dim is not None:
-                self.text_projection = CastLinear(config.width, config.projection_dim, bias=False)
-        else:
-            self.token_embedding = nn.Embedding(config.vocab_size, config.width)
-            self.positional_embedding = nn.Parameter(torch.empty(config.context_length, config.width))
-            self.transformer = _OpenClipTransformer(config)
-            self.ln_final = CastLayerNorm(config.width, eps=config.eps)
-            if config.projection_dim is not None:
-                self.text_projection = nn.Parameter(torch.empty(config.width, config.projection_dim))
+        self.text_model = _TextTransformer(config)
+        if config.projection_dim is not None:
+            self.text_projection = CastLinear(config.width, config.projection_dim, bias=False)
+        # The file layout in and out of state_dict / load_state_dict (the public hook names need torch 2.5).
+        self.key_map = clip_key_map(config)
+        self._register_state_dict_hook(_to_file_layout)
+        self._register_load_state_dict_pre_hook(_from_file_layout, with_module=True)
 
-    # Accessors hiding the layout, so the forward pass is written once.
     @property
     def token_embedding_weight(self) -> torch.Tensor:
-        if self.config.layout == "hf":
-            return self.text_model.embeddings.token_embedding.weight
-        return self.token_embedding.weight
-
-    def _positions(self) -> torch.Tensor:
-        if self.config.layout == "hf":
-            return self.text_model.embeddings.position_embedding.weight
-        return self.positional_embedding
-
-    def _blocks(self) -> nn.ModuleList:
-        return self.text_model.encoder.layers if self.config.layout == "hf" else self.transformer.resblocks
+        return self.text_model.embeddings.token_embedding.weight
 
     def final_norm(self, x):
         """The final LayerNorm (SD1 applies it to a clip-skip hidden state too)."""
-        return self.text_model.final_layer_norm(x) if self.config.layout == "hf" else self.ln_final(x)
+        return self.text_model.final_layer_norm(x)
 
     def _project(self, pooled):
-        if self.config.projection_dim is None:
-            return pooled
-        if self.config.layout == "hf":
-            return self.text_projection(pooled)
-        return pooled @ self.text_projection.to(pooled.dtype)
+        return pooled if self.config.projection_dim is None else self.text_projection(pooled)
 
     def embed_tokens(self, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Token embeddings [B, N, width] for ids [B, N] (no positions), in `dtype`."""
@@ -235,8 +182,8 @@ class ClipTextModel(nn.Module):
         n = inputs_embeds.shape[1]
         if n > self.config.context_length:
             raise ValueError(f"{n} tokens exceed the CLIP context length {self.config.context_length}")
-        x = inputs_embeds + self._positions()[:n].to(inputs_embeds.dtype)
-        blocks = self._blocks()
+        x = inputs_embeds + self.text_model.embeddings.position_embedding.weight[:n].to(inputs_embeds.dtype)
+        blocks = self.text_model.encoder.layers
         pick = None
         if hidden_layer is not None:
             if not -len(blocks) <= hidden_layer < len(blocks):
@@ -250,3 +197,11 @@ class ClipTextModel(nn.Module):
         last = self.final_norm(x)
         pooled = last[torch.arange(last.shape[0], device=last.device), eos_index.to(last.device)]
         return ClipTextOutput(last, hidden, pooled, self._project(pooled))
+
+
+def _to_file_layout(model: ClipTextModel, sd: dict, prefix: str, _metadata) -> None:
+    network_to_file(sd, model.key_map, prefix)
+
+
+def _from_file_layout(model: ClipTextModel, sd: dict, prefix: str, *_args) -> None:
+    file_to_network(sd, model.key_map, prefix)

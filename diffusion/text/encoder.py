@@ -135,10 +135,18 @@ class CLIP:
         return other
 
     def add_patches(self, patches: dict, strength_patch: float = 1.0, strength_model: float = 1.0) -> list[str]:
-        """Queue weight patches (see diffusion.model_patcher) keyed by `TextEncoderStack` parameter
-        names, e.g. `clip_l.transformer.text_model.encoder.layers.0.mlp.fc1.weight`; returns the keys
-        that matched (others are ignored). Call on a clone to keep the original unpatched."""
-        return self.patcher.add_patches(patches, strength_patch, strength_model)
+        """Queue weight patches (see diffusion.model_patcher) keyed `clip_<key>.transformer.<name>`, the
+        name a file key of the tower's layout (`text_model.encoder.layers.0.mlp.fc1.weight`,
+        `transformer.resblocks.0.attn.in_proj_weight`) or a network one (`TextEncoderStack`); returns
+        the keys that matched (others are ignored). Call on a clone to keep the original unpatched."""
+        matched = []
+        for key, value in patches.items():
+            targets = self.patcher.model.patch_targets(key, value)
+            for name, part in targets:
+                self.patcher.add_patches({name: part}, strength_patch, strength_model)
+            if targets:
+                matched.append(key)
+        return matched
 
     def set_last_layer(self, n: int) -> None:
         """CLIPSetLastLayer: output layer n (-1 = last) for every tower; see the module docstring."""
@@ -284,13 +292,48 @@ class CLIP:
 
 class TextEncoderStack(torch.nn.Module):
     """A CLIP's text encoders as one module, named as ComfyUI names CLIP weights for patches:
-    `clip_<key>.transformer.<key in the file below its prefix>`."""
+    `clip_<key>.transformer.<network name>` (transformers' names, diffusion.models.clip)."""
 
     def __init__(self, encoders: dict[str, ClipTextModel]):
         super().__init__()
         for key, model in encoders.items():
             self.add_module(f"clip_{key}", torch.nn.ModuleDict({"transformer": model}))
+        self._names = {name for name, _ in self.named_parameters()}
 
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
+
+    def patch_targets(self, key: str, value) -> list[tuple[str, object]]:
+        """[(parameter name, patch)] a patch addressed to `key` lands on: itself for a parameter name;
+        for a tower's file key, the parameters it maps to (a stacked in_proj patch split into its q, k
+        and v rows, a text_projection patch transposed); [] when `key` names no weight."""
+        if key in self._names:
+            return [(key, value)]
+        for tower, modules in self.named_children():
+            prefix = f"{tower}.transformer."
+            fw = modules["transformer"].key_map.get(key[len(prefix):]) if key.startswith(prefix) else None
+            if fw is not None:
+                if len(fw.parts) == 1 and not fw.transposed:
+                    return [(prefix + fw.parts[0], value)]
+                return [(prefix + part, _patch_part(key, value, i, len(fw.parts), fw.transposed))
+                        for i, part in enumerate(fw.parts)]
+        return []
+
+
+def _patch_part(key: str, value, index: int, count: int, transposed: bool):
+    """Row block `index` of `count` of a patch on a file weight, transposed first if the network holds
+    the transpose; a LoRA stays low-rank: (up @ down).T = down.T @ up.T, and row blocks of up @ down
+    are those of up."""
+    if isinstance(value, torch.Tensor):
+        value = ("diff", value)
+    kind, data = value if isinstance(value, (tuple, list)) and len(value) == 2 else (None, None)
+    if kind == "diff":
+        data = data.t() if transposed else data
+        return "diff", data.chunk(count)[index]
+    if kind == "lora":
+        up, down, *rest = data
+        if transposed:
+            up, down = down.t(), up.t()
+        return "lora", (up.chunk(count)[index], down, *rest)
+    raise ValueError(f"patch for {key}: unsupported value {type(value).__name__}")
