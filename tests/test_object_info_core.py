@@ -175,7 +175,7 @@ def parse_input(text: str) -> dict:
         source = kind[6:-1]
         item["options"] = "SAMPLERS" if source.startswith("SAMPLERS") else (
             "SCHEDULERS" if source.startswith("SCHEDULERS") else "files")
-        if "{image_upload" in source or "image_upload" in source:
+        if "image_upload" in source:
             item["flags"].add("image_upload")
     else:
         item["type"] = kind
