@@ -107,6 +107,7 @@ class ClipVisionConfig:
 
 
 def detect_vision_layout(sd) -> str:
+    """"hf" or "open_clip" for a vision-tower state dict with its prefix stripped."""
     if "vision_model.embeddings.patch_embedding.weight" in sd:
         return "hf"
     if "conv1.weight" in sd and "class_embedding" in sd:
