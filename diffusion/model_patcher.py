@@ -188,34 +188,11 @@ class ModelPatcher:
         return memory.estimate_unet_memory(self.model.config, shape, self.dtype)
 
     def encode_adm(self, cond: dict, batch: int):
-        """SDXL's `y` for one conditioning dict (pooled text embedding + size/crop/aesthetic
-        embeddings), repeated to `batch` rows; None for SD1/SD2."""
-        adm = self.model.config.adm_in_channels
-        if adm is None:
-            return None
-        from diffusion.models.unet import timestep_embedding
+        """The UNet's `y` for one conditioning dict, repeated to `batch` rows; None for SD1/SD2
+        (SDXL size conditioning, unCLIP image embeddings: diffusion/models/adm.py)."""
+        from diffusion.models.adm import encode_adm
 
-        pooled = cond.get("pooled_output")
-        if pooled is None:
-            raise ValueError(f"{self.arch} model needs 'pooled_output' in the conditioning "
-                             "(use an SDXL text encoder)")
-        pooled = pooled.reshape(pooled.shape[0], -1)[:1].float()
-        width = cond.get("width", 768)
-        height = cond.get("height", 768)
-        if self.arch == "sdxl_refiner":
-            default_score = 2.5 if cond.get("prompt_type") == "negative" else 6.0
-            values = [height, width, cond.get("crop_h", 0), cond.get("crop_w", 0),
-                      cond.get("aesthetic_score", default_score)]
-        else:
-            values = [height, width, cond.get("crop_h", 0), cond.get("crop_w", 0),
-                      cond.get("target_height", height), cond.get("target_width", width)]
-        per_value, rest = divmod(adm - pooled.shape[1], len(values))
-        if rest or per_value <= 0:
-            raise ValueError(f"pooled_output width {pooled.shape[1]} does not fit this model's "
-                             f"adm input of {adm}")
-        emb = timestep_embedding(torch.tensor(values, dtype=torch.float32), per_value).reshape(1, -1)
-        y = torch.cat([pooled.to(emb.device), emb], dim=1)
-        return y.repeat(batch, 1)
+        return encode_adm(self.arch, self.model.config, cond, batch)
 
     def apply_model(self, x, sigma, c_crossattn, y=None, transformer_options=None, control=None,
                     c_concat=None):

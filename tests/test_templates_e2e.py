@@ -33,7 +33,9 @@ LATENT_RTOL = 1e-4
 NO_CHECKPOINT = ["basic_mask_operations_and_compositing.json"]
 WITH_CHECKPOINT = ["image_sdxl_simple.json", "sdxl_refiner_prompt_example.json", "sdxl_simple_example.json",
                    "sdxlturbo_example.json"]
-RUNNABLE = sorted(NO_CHECKPOINT + WITH_CHECKPOINT)
+# Templates that need model files besides checkpoints run, from a shrunk copy, in their own tests.
+WITH_OTHER_MODELS = ["sdxl_revision_text_prompts.json"]  # tests/test_clip_vision_workflows.py
+RUNNABLE = sorted(NO_CHECKPOINT + WITH_CHECKPOINT + WITH_OTHER_MODELS)
 SDXL_BASE = "sd_xl_base_1.0.safetensors"
 SDXL_REFINER = "sd_xl_refiner_1.0.safetensors"
 SDXL_TURBO = "sd_xl_turbo_1.0_fp16.safetensors"

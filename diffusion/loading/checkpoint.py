@@ -23,6 +23,7 @@ from diffusion import memory
 from diffusion.loading.config import ConfigError, UNetConfig, detect_unet_config
 from diffusion.loading.files import CheckpointError, read_state_dict
 from diffusion.loading.text_encoders import clip_from_state_dict, clip_from_text_encoder_files
+from diffusion.loading.vision import clip_vision_from_state_dict
 from diffusion.model_patcher import ModelPatcher
 from diffusion.models.unet import UNetModel
 from diffusion.models.vae import VAE
@@ -30,6 +31,7 @@ from diffusion.models.vae import VAE
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_PREFIXES = ("cond_stage_model.", "conditioner.embedders.")
+UNCLIP_VISION_PREFIX = "embedder.model.visual."  # SD2.1-unCLIP's image embedder (open_clip layout)
 
 
 @dataclass
@@ -38,6 +40,8 @@ class LoadedCheckpoint:
     clip: Any
     vae: Any
     arch: str
+    clip_vision: Any = None  # CLIP_VISION of an unCLIP checkpoint, when asked for
+
 
     def __iter__(self):  # so `model, clip, vae, arch = load_checkpoint(...)` works
         return iter((self.model, self.clip, self.vae, self.arch))
@@ -89,6 +93,8 @@ def detect_prediction(unet_sd: dict, config: UNetConfig, metadata: dict, sd: dic
             return "eps"
     if sd is not None and "v_pred" in sd:
         return "v_prediction"
+    if config.arch == "sd2" and config.adm_in_channels is not None:
+        return "v_prediction"  # SD2.1-unCLIP models are v-prediction (ComfyUI's SD21UNCLIP default)
     if config.arch == "sd2" and config.in_channels == 4:  # SD2 inpainting models (9 channels) are eps
         last = len(config.transformer_depth_output) - 1
         bias = unet_sd.get(f"output_blocks.{last}.1.transformer_blocks.0.norm1.bias")
@@ -170,8 +176,10 @@ def _make_clip(clip_sd, arch, path, embedding_dirs):
 
 
 def load_checkpoint(path, embedding_dirs=(), prediction: str = "auto", settings=None,
-                    output_vae: bool = True, output_clip: bool = True) -> LoadedCheckpoint:
-    """MODEL, CLIP and VAE of a single-file SD1/SD2/SDXL checkpoint."""
+                    output_vae: bool = True, output_clip: bool = True,
+                    output_clip_vision: bool = False) -> LoadedCheckpoint:
+    """MODEL, CLIP and VAE of a single-file SD1/SD2/SDXL checkpoint; with `output_clip_vision` also
+    the CLIP vision tower an unCLIP checkpoint embeds (`embedder.model.visual.*`)."""
     sd, metadata = read_state_dict(path)
     parts = split_state_dict(sd)
     if not parts["unet"]:
@@ -188,7 +196,14 @@ def load_checkpoint(path, embedding_dirs=(), prediction: str = "auto", settings=
         if not parts["vae"]:
             raise CheckpointError(path, "holds no VAE weights ('first_stage_model.*')")
         vae = _make_vae(parts["vae"], path)
-    return LoadedCheckpoint(model, clip, vae, model.arch)
+    clip_vision = None
+    if output_clip_vision:
+        tower = {k: v for k, v in sd.items() if k.startswith(UNCLIP_VISION_PREFIX)}
+        if not tower:
+            raise CheckpointError(path, f"holds no CLIP vision tower ('{UNCLIP_VISION_PREFIX}*'); "
+                                        "is it an unCLIP checkpoint?")
+        clip_vision = clip_vision_from_state_dict(tower, where=path)
+    return LoadedCheckpoint(model, clip, vae, model.arch, clip_vision)
 
 
 def load_unet(path, prediction: str = "auto", settings=None):

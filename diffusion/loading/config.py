@@ -87,6 +87,10 @@ class UNetConfig:
         """Architecture family, from the structure alone so scaled-down models classify too."""
         if self.adm_in_channels is None:
             return "sd2" if self.use_linear_in_transformer else "sd1"
+        # SD2.1-unCLIP: an SD2 UNet whose ADM input takes a CLIP image embedding. SDXL-family UNets
+        # never have attention at the first level; SD2's always does.
+        if self.use_linear_in_transformer and self.transformer_depth[0] > 0:
+            return "sd2"
         # Released sizes first; otherwise the refiner's shape: 4 levels where the base has 3.
         if self.adm_in_channels == 2816:
             return "sdxl"

@@ -93,8 +93,19 @@ def clip_key_map(config: ClipTextConfig) -> dict[str, FileWeight]:
     if config.projection_dim is not None:
         out["text_projection"] = FileWeight(("text_projection.weight",), transposed=True)
     out["token_embedding.weight"] = FileWeight(("text_model.embeddings.token_embedding.weight",))
-    for i in range(config.layers):
-        src, dst = f"transformer.resblocks.{i}.", f"text_model.encoder.layers.{i}."
+    out.update(open_clip_blocks(config.layers, "transformer.resblocks.", "text_model.encoder.layers."))
+    for part in ("weight", "bias"):
+        out[f"ln_final.{part}"] = FileWeight((f"text_model.final_layer_norm.{part}",))
+    return out
+
+
+def open_clip_blocks(layers: int, src_root: str, dst_root: str) -> dict[str, FileWeight]:
+    """Key map of `layers` open_clip residual attention blocks (`{src_root}N.ln_1.weight`,
+    `attn.in_proj_weight`, ...) onto transformers' layers (`{dst_root}N.layer_norm1.weight`, ...):
+    the text and vision towers and the T2I style adapter share this block."""
+    out = {}
+    for i in range(layers):
+        src, dst = f"{src_root}{i}.", f"{dst_root}{i}."
         for old, new in _OPEN_CLIP_BLOCK:
             for part in ("weight", "bias"):
                 out[f"{src}{old}.{part}"] = FileWeight((f"{dst}{new}.{part}",))
@@ -102,8 +113,6 @@ def clip_key_map(config: ClipTextConfig) -> dict[str, FileWeight]:
                 for part in ("weight", "bias"):
                     out[f"{src}attn.in_proj_{part}"] = FileWeight(
                         tuple(f"{dst}self_attn.{p}_proj.{part}" for p in "qkv"))
-    for part in ("weight", "bias"):
-        out[f"ln_final.{part}"] = FileWeight((f"text_model.final_layer_norm.{part}",))
     return out
 
 
@@ -144,3 +153,18 @@ def stack_rows(parts: list[torch.Tensor]) -> torch.Tensor:
             return torch.cat(parts)
         offset += p.numel()
     return first.as_strided((sum(p.shape[0] for p in parts), *first.shape[1:]), first.stride())
+
+
+def use_file_layout(module) -> None:
+    """Make `module.state_dict()` and `load_state_dict()` speak the file layout of `module.key_map`
+    (a `FileWeight` map): saving renames network weights to file keys, loading the other way."""
+    module._register_state_dict_hook(_to_file_layout)
+    module._register_load_state_dict_pre_hook(_from_file_layout, with_module=True)
+
+
+def _to_file_layout(module, sd: dict, prefix: str, _metadata) -> None:
+    network_to_file(sd, module.key_map, prefix)
+
+
+def _from_file_layout(module, sd: dict, prefix: str, *_args) -> None:
+    file_to_network(sd, module.key_map, prefix)

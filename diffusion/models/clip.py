@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion.loading.config import ClipTextConfig
-from diffusion.loading.keymaps import clip_key_map, file_to_network, network_to_file, stack_rows
+from diffusion.loading.keymaps import clip_key_map, stack_rows, use_file_layout
 from diffusion.models.attention import attention
 
 # --- layers whose weights are cast to the input's dtype (storage dtype may differ from compute) ----
@@ -67,6 +67,8 @@ class _Attention(nn.Module):
     def __init__(self, cfg: ClipTextConfig):
         super().__init__()
         self.heads = cfg.heads
+        # text towers attend causally; vision towers and the style adapter (cfg.causal False) do not
+        self.causal = getattr(cfg, "causal", True)
         # open_clip files stack q, k, v: one matmul over the stacked rows keeps that layout's rounding
         self.fused_qkv = cfg.layout == "open_clip"
         self.q_proj = CastLinear(cfg.width, cfg.width)
@@ -82,7 +84,9 @@ class _Attention(nn.Module):
             q, k, v = F.linear(x, weight.to(x.dtype), bias.to(x.dtype)).chunk(3, dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        return self.out_proj(_causal_self_attention(q, k, v, self.heads))
+        if self.causal:
+            return self.out_proj(_causal_self_attention(q, k, v, self.heads))
+        return self.out_proj(attention(q, k, v, self.heads))
 
 
 class _MLP(nn.Module):
@@ -150,8 +154,7 @@ class ClipTextModel(nn.Module):
             self.text_projection = CastLinear(config.width, config.projection_dim, bias=False)
         # The file layout in and out of state_dict / load_state_dict (the public hook names need torch 2.5).
         self.key_map = clip_key_map(config)
-        self._register_state_dict_hook(_to_file_layout)
-        self._register_load_state_dict_pre_hook(_from_file_layout, with_module=True)
+        use_file_layout(self)
 
     @property
     def token_embedding_weight(self) -> torch.Tensor:
@@ -198,10 +201,3 @@ class ClipTextModel(nn.Module):
         pooled = last[torch.arange(last.shape[0], device=last.device), eos_index.to(last.device)]
         return ClipTextOutput(last, hidden, pooled, self._project(pooled))
 
-
-def _to_file_layout(model: ClipTextModel, sd: dict, prefix: str, _metadata) -> None:
-    network_to_file(sd, model.key_map, prefix)
-
-
-def _from_file_layout(model: ClipTextModel, sd: dict, prefix: str, *_args) -> None:
-    file_to_network(sd, model.key_map, prefix)

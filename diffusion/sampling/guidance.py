@@ -128,6 +128,7 @@ class CFGDenoiser:
         self.calls = 0  # forward passes made, for tests and diagnostics
         self.latent_image = None  # the latent being sampled (scaled) and the sampler's denoise mask:
         self.denoise_mask = None  # an inpainting UNet falls back to them (set_inpaint_inputs)
+        self.seed = None  # the sampler's seed: unCLIP noise augmentation draws from it (models/adm.py)
         self._prepared = (None, None)
 
     def set_inpaint_inputs(self, latent_image: torch.Tensor | None, denoise_mask: torch.Tensor | None) -> None:
@@ -163,7 +164,7 @@ class CFGDenoiser:
             return None
         # As ComfyUI (samplers.py encode_model_conds): a conditioning that states no size gets the
         # latent's pixel size, so plain CLIPTextEncode on SDXL conditions on the image being made.
-        options = {"width": x.shape[-1] * 8, "height": x.shape[-2] * 8, **entry.options}
+        options = {"width": x.shape[-1] * 8, "height": x.shape[-2] * 8, "seed": self.seed, **entry.options}
         adm = encode(options, x.shape[0])
         return None if adm is None else _to_batch(adm.to(x.device, x.dtype), x.shape[0], "adm")
 
@@ -179,7 +180,7 @@ class CFGDenoiser:
 
     def _prepare(self, lists: list[list[CondEntry]], x: torch.Tensor) -> list[list[_Job]]:
         """Every conditioning resolved for this latent shape (once per run: the shape is fixed)."""
-        key = (tuple(id(entries) for entries in lists), tuple(x.shape), x.device, x.dtype)
+        key = (tuple(id(entries) for entries in lists), tuple(x.shape), x.device, x.dtype, self.seed)
         if self._prepared[0] == key:
             return self._prepared[1]
         sides = [[self._job(k, n, e, x) for n, e in enumerate(entries)] for k, entries in enumerate(lists)]
@@ -240,6 +241,7 @@ class CFGDenoiser:
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, model_options: dict | None = None,
                  seed=None, **_ignored) -> torch.Tensor:
         options = self._options(model_options)
+        self.seed = seed
         skip_uncond = (not self.negative) or (
             math.isclose(self.cfg, 1.0) and not options.get("disable_cfg1_optimization", False))
         preds = self.predict([self.positive, self.negative], x, sigma, options, evaluate=[True, not skip_uncond])
