@@ -306,6 +306,7 @@ def ui_to_api(workflow: dict, node_info: NodeInfo) -> dict:
     """
     if not is_ui_format(workflow):
         raise WorkflowFormatError("not a UI-format workflow (no 'nodes' list)")
+    _refuse_group_nodes(workflow)
     flat = _Flattener(workflow)
     flat.add_graph(workflow["nodes"], workflow.get("links"), "", "workflow")
     resolver = _Resolver(flat, node_info)
@@ -346,6 +347,24 @@ def ui_to_api(workflow: dict, node_info: NodeInfo) -> dict:
         entry["_meta"] = {"title": title}
         prompt[node.id] = entry
     return prompt
+
+
+def _refuse_group_nodes(workflow: dict) -> None:
+    """Group nodes of the pre-subgraph editor (`workflow>Name`, or `workflow/Name` in older files,
+    defined in extra.groupNodes) are not converted: their inputs and widgets follow naming rules of
+    that editor's GroupNodeConfig that we do not reproduce, and a half-right guess would run the
+    wrong graph. The current editor turns them into subgraphs on load; a re-saved file converts."""
+    groups = (workflow.get("extra") or {}).get("groupNodes")
+    if not isinstance(groups, dict) or not groups:
+        return
+    for raw in workflow["nodes"]:
+        type_ = raw.get("type") if isinstance(raw, dict) else None
+        if isinstance(type_, str) and type_.startswith(("workflow>", "workflow/")) \
+                and type_[len("workflow>"):] in groups:
+            raise WorkflowFormatError(
+                f"node {raw.get('id')} is a group node ({type_!r}) of the editor before subgraphs; "
+                f"open the workflow in the current editor, which turns group nodes into subgraphs, "
+                f"and save it again")
 
 
 def _is_link_value(value: list) -> bool:

@@ -162,3 +162,17 @@ def test_editor_load_fixes_sampler_prefix_and_null_combos(registry):
     save = next(n for n in wf2["nodes"] if n["type"] == "SaveImage")
     save["widgets_values"] = ["sample_run"]
     assert ui_to_api(wf2, registry.object_info_for)["9"]["inputs"]["filename_prefix"] == "sample_run"
+
+
+def test_group_nodes_of_the_old_editor_are_refused_with_a_way_out():
+    """Pre-subgraph group nodes ("workflow>Name" + extra.groupNodes) are not guessed at."""
+    from graph.workflow_formats import WorkflowFormatError
+
+    wf = basic_workflow()
+    wf["extra"]["groupNodes"] = {"Prep": {"nodes": [{"type": "Filter", "index": 0}], "links": [],
+                                          "external": []}}
+    wf["nodes"].append(node(9, "workflow/Prep", widgets=[0.5]))
+    with pytest.raises(WorkflowFormatError, match=r"node 9 is a group node \('workflow/Prep'\).*save it again"):
+        ui_to_api(wf, node_info)
+    wf["nodes"].pop()  # the definitions alone (no instance left) change nothing
+    assert ui_to_api(wf, node_info) == ui_to_api(basic_workflow(), node_info)
