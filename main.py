@@ -2,6 +2,7 @@
 
     python main.py [server options]          serve the editor and the ComfyUI-compatible API
     python main.py run WORKFLOW [options]    run a workflow headless (API/UI JSON or a PNG)
+    python main.py convert WORKFLOW          print the API-format prompt of a UI JSON or PNG
 
 Device, precision and attention flags (--cpu, --force-fp32, --attention …) work with both.
 Only argument dispatch lives here; wiring.py builds what server/ and the headless runner are handed.
@@ -20,6 +21,11 @@ def main(argv=None) -> int:
         from nodes import folder_paths, load_registry
 
         return run_main(argv[1:], registry_factory=load_registry, folder_paths=folder_paths)
+    if argv[:1] == ["convert"]:
+        from graph.cli import convert_main
+        from nodes import load_registry
+
+        return convert_main(argv[1:], registry_factory=load_registry)
     from server.app import serve_main
     from wiring import server_setup
 

@@ -77,7 +77,9 @@ _runner = None
 def run_workflow(workflow, overrides=None):
     """Run a workflow (dict, JSON/PNG path or PNG bytes) with every built-in node.
 
-    Returns a graph.runner.RunResult (`.outputs` per node, `.files(folder_paths)`); raises
+    Returns a graph.runner.RunResult (`.outputs` per node, `.files(folder_paths)` for every image
+    written, `.previews(folder_paths)` for the PreviewImage ones, which live in folder_paths' temp
+    folder: the server empties it when it starts, so copy what you keep); raises
     graph.runner.RunError with a readable message. One runner is kept for the process, so its
     cache and loaded models are reused: a second call with one value changed re-runs only what
     depends on it.

@@ -18,8 +18,8 @@ from graph import expansion, graph_builder, inputs, progress
 from graph.cache import CacheEntry, OutputCache, make_cache
 from graph.contract import ExecutionBlocker, InterruptProcessing
 from graph.events import Listener, RunEvents
-from graph.failures import (Interrupted, NodeFailed, blocked_data, error_data, interrupted_data,
-                            node_failures, now_ms)
+from graph.failures import (Interrupted, NodeFailed, blame, blocked_data, error_data,
+                            interrupted_data, node_failures, now_ms)
 from graph.node_class import ClassInfo, ClassInfoCache
 from graph.outputs import merge_outputs, merge_ui, normalize
 from graph.prompt import DynamicPrompt
@@ -45,6 +45,14 @@ class ExecutionResult:
     @property
     def status(self) -> dict:
         return {"status_str": self.status_str, "completed": self.completed, "messages": self.messages}
+
+
+def _has_future(results: list) -> bool:
+    # A plain loop: this runs once per node, and any(<generator>) costs a generator object each time.
+    for r in results:
+        if isinstance(r, asyncio.Future):
+            return True
+    return False
 
 
 class NodeInstances:
@@ -244,18 +252,23 @@ class _PromptRun:
             self.events.state(node_id, "finished", 1, 1)
             self.sched.mark_done(node_id)
             return
-        self.events.executing(node_id)
+        if self.events.listeners:  # (no event data built for nobody: "executing" is not recorded)
+            self.events.executing(node_id)
         node = self.dyn.get_node(node_id)
         args = inputs.resolve(node_id, node, info, self.values, self.hidden)
-        with node_failures(node_id, args.values):
+        # try/except rather than `with node_failures(...)`: no object per node on the hot path.
+        try:
             obj = self.ex.instances.get(node_id, node["class_type"], info.cls)
             results = await self._call(node_id, info, obj, args)
             if results is None:
                 return  # waits for the lazy inputs it asked for
-            if any(isinstance(r, asyncio.Future) and not r.done() for r in results):
-                self.sched.park(node_id, results, args.values)
-                return
-            results = [r.result() if isinstance(r, asyncio.Future) else r for r in results]
+            if _has_future(results):
+                if any(isinstance(r, asyncio.Future) and not r.done() for r in results):
+                    self.sched.park(node_id, results, args.values)
+                    return
+                results = [r.result() if isinstance(r, asyncio.Future) else r for r in results]
+        except Exception as e:
+            raise blame(node_id, e, args.values)
         await self._finish(node_id, info, key, results, args.values)
 
     async def _call(self, node_id: str, info: ClassInfo, obj, args: inputs.Arguments
@@ -288,7 +301,7 @@ class _PromptRun:
             raise AttributeError(f"{type(obj).__name__} has no method {func_name!r} (its FUNCTION)")
         main = func_name == info.function_name
         results: list = []
-        invoked = False
+        invoked = futures = False
         for index, call in enumerate(inputs.calls(info, args.values)):
             if self.ex.interrupt_event.is_set():
                 raise InterruptProcessing("Processing interrupted")
@@ -297,17 +310,18 @@ class _PromptRun:
                 results.append(self._block(node_id, blocker) if block else blocker)
                 continue
             if main:
-                self.checks.check(node_id, self._class_type(node_id), info, call, args.linked)
+                self.checks.check(node_id, self._class_type, info, call, args.linked)
             token = graph_builder.set_default_prefix(node_id, index)
             invoked = True
             try:
                 r = func(**call)
                 if inspect.isawaitable(r):
                     r = asyncio.ensure_future(r)  # the task copies this context (node + prefix)
+                    futures = True
             finally:
                 graph_builder.reset_default_prefix(token)
             results.append(r)
-        if any(isinstance(r, asyncio.Future) for r in results):
+        if futures:
             await asyncio.sleep(0)  # let tasks that finish immediately finish
             if not block:  # an async check_lazy_status: its answer is needed before going on
                 results = [await r if isinstance(r, asyncio.Future) else r for r in results]
@@ -325,16 +339,19 @@ class _PromptRun:
 
     # -- results ---------------------------------------------------------------------------
     async def _finish(self, node_id: str, info: ClassInfo, key: str, results: list, args: dict):
-        with node_failures(node_id, args):
+        try:
             class_type = self._class_type(node_id)
             normalized = [normalize(node_id, class_type, info, r) for r in results]
             ui = merge_ui([u for _r, u, _e in normalized])
             if ui is not None:
                 self.ui[node_id] = ui
                 self.events.executed(node_id, ui)
-            if any(e is not None for _r, _u, e in normalized):
-                self._expand(node_id, normalized)
-                return
+            for _r, _u, graph in normalized:
+                if graph is not None:
+                    self._expand(node_id, normalized)
+                    return
+        except Exception as e:
+            raise blame(node_id, e, args)
         self._store(node_id, key, merge_outputs(info, [r for r, _u, _e in normalized]))
 
     def _store(self, node_id: str, key: str, outputs: list) -> None:

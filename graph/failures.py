@@ -30,6 +30,17 @@ class Interrupted(Exception):
         self.node_id = node_id
 
 
+def blame(node_id: str, exc: Exception, inputs: Optional[dict] = None) -> Exception:
+    """What to raise for `exc`, raised by node_id's code: Interrupted for an interrupt, NodeFailed
+    for anything else, and a failure already blamed on a node unchanged. The run loop calls this
+    from plain try/except blocks (no per-node context manager object)."""
+    if isinstance(exc, (NodeFailed, Interrupted)):
+        return exc
+    if isinstance(exc, InterruptProcessing):
+        return Interrupted(node_id)
+    return NodeFailed(node_id, exc, inputs)
+
+
 class node_failures:
     """`with node_failures(node_id, inputs):` blames what the block raises on node_id.
 
@@ -48,9 +59,7 @@ class node_failures:
     def __exit__(self, _type, exc, _tb) -> bool:
         if not isinstance(exc, Exception) or isinstance(exc, (NodeFailed, Interrupted)):
             return False
-        if isinstance(exc, InterruptProcessing):
-            raise Interrupted(self.node_id)
-        raise NodeFailed(self.node_id, exc, self.inputs)
+        raise blame(self.node_id, exc, self.inputs)
 
 
 def now_ms() -> int:

@@ -62,7 +62,12 @@ def calls(info: ClassInfo, args: dict) -> list[dict]:
     """The keyword arguments of each call (list mapping)."""
     if info.input_is_list:
         return [args]
-    n = max((len(v) for v in args.values()), default=0)
+    n = 0
+    for v in args.values():
+        if len(v) > n:
+            n = len(v)
+    if n == 1:  # the common case: one call with the single values
+        return [{k: v[0] for k, v in args.items() if v}]
     return [{k: (v[i] if i < len(v) else v[-1]) for k, v in args.items() if v}
             for i in range(n)] or [{}]
 

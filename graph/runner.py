@@ -24,7 +24,8 @@ Workflow = Union[dict, str, os.PathLike, bytes]
 
 
 class RunError(Exception):
-    """A run that could not start or did not finish; `kind` is load|validation|execution|interrupted."""
+    """A run that could not start or did not finish; `kind` is load (the file cannot be read),
+    conversion (a UI workflow that cannot be converted), validation, execution or interrupted."""
 
     def __init__(self, kind: str, message: str, details: Any = None,
                  result: Optional[ExecutionResult] = None):
@@ -47,23 +48,29 @@ class RunResult:
         """Node ids whose function ran (cache misses), in order."""
         return self.execution.ran
 
-    def files(self, folder_paths) -> list:
-        """Absolute paths of the files listed in the UI outputs ({"filename","subfolder","type"})."""
+    def files(self, folder_paths, types=("output", "temp", "input")) -> list:
+        """Absolute paths of the files listed in the UI outputs ({"filename","subfolder","type"}):
+        saved files ("output") and previews ("temp") by default; `types` narrows that."""
         paths = []
         for ui in self.outputs.values():
             for entries in ui.values():
                 for item in entries if isinstance(entries, list) else ():
-                    if isinstance(item, dict) and "filename" in item:
+                    if (isinstance(item, dict) and "filename" in item
+                            and item.get("type", "output") in types):
                         base = folder_paths.get_directory_by_type(item.get("type", "output"))
                         if base is not None:
                             paths.append(os.path.join(base, item.get("subfolder", ""), item["filename"]))
         return paths
 
+    def previews(self, folder_paths) -> list:
+        """Absolute paths of the preview images (PreviewImage & co. write them to the temp folder)."""
+        return self.files(folder_paths, types=("temp",))
+
 
 def _node_info_fn(registry):
     info = getattr(registry, "object_info_for", None)
     if info is None:
-        raise RunError("load", "this registry cannot describe nodes (no object_info_for), so a "
+        raise RunError("conversion", "this registry cannot describe nodes (no object_info_for), so a "
                                "UI-format workflow cannot be converted; pass an API-format prompt")
     return info
 
@@ -85,7 +92,7 @@ def load_prompt(workflow: Workflow, registry) -> tuple[dict, Optional[dict]]:
     except RunError:
         raise
     except ValueError as e:
-        raise RunError("load", f"cannot convert the UI workflow: {e}") from e
+        raise RunError("conversion", f"cannot convert the UI workflow: {e}") from e
 
 
 def _parse_override_key(key) -> tuple[str, str]:

@@ -13,7 +13,7 @@ import threading
 from typing import Callable, Iterable, Optional
 
 from graph.contract import DependencyCycleError
-from graph.failures import Interrupted, NodeFailed, node_failures
+from graph.failures import Interrupted, NodeFailed, blame
 from graph.node_class import ClassInfo
 from graph.ordering import cycle_path, find_cycles
 from graph.prompt import DynamicPrompt
@@ -36,6 +36,7 @@ class Scheduler:
         self._requested: dict[str, set] = {}  # lazy inputs check_lazy_status asked for
         self._ready: list = []
         self._parked: dict[str, tuple] = {}   # node id -> (its calls' results, its inputs)
+        self._outputs: dict[str, bool] = {}   # node id -> is an output node (asked per consumer)
 
     # -- adding work -----------------------------------------------------------------------
     def add(self, node_id: str) -> None:
@@ -47,8 +48,10 @@ class Scheduler:
                 continue
             self.pending.add(nid)
             deps = self._deps.setdefault(nid, set())
-            with node_failures(nid):
+            try:
                 info = self._info(nid)
+            except Exception as e:
+                raise blame(nid, e)
             wanted = self._requested.get(nid, ())
             for name, up, _slot in self.dyn.links(nid):
                 decl = info.declared(name)
@@ -98,8 +101,11 @@ class Scheduler:
             return None
 
     def is_output(self, node_id: str) -> bool:
-        info = self._info_or_none(node_id)
-        return info is not None and info.output_node
+        found = self._outputs.get(node_id)
+        if found is None:
+            info = self._info_or_none(node_id)
+            found = self._outputs[node_id] = info is not None and bool(info.output_node)
+        return found
 
     def _priority(self, node_id: str) -> int:
         info = self._info_or_none(node_id)
@@ -108,10 +114,13 @@ class Scheduler:
         if info.output_node or info.is_async:
             return 0
         near = self._consumers.get(node_id, ())
-        if any(self.is_output(c) for c in near):
-            return 1
-        if any(self.is_output(cc) for c in near for cc in self._consumers.get(c, ())):
-            return 2
+        for c in near:  # plain loops: this runs for every node
+            if self.is_output(c):
+                return 1
+        for c in near:
+            for cc in self._consumers.get(c, ()):
+                if self.is_output(cc):
+                    return 2
         return 3
 
     def pop_ready(self) -> Optional[str]:

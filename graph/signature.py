@@ -134,6 +134,7 @@ class SignatureBuilder:
         self.infos = infos if infos is not None else ClassInfoCache()
         self._extra_pnginfo = extra_pnginfo
         self.keys: dict[str, str] = {}
+        self._per_node_by_cls: dict[type, bool] = {}
 
     def key(self, node_id: str) -> str:
         """The node's key; upstream keys are computed first, iteratively (no recursion)."""
@@ -159,6 +160,13 @@ class SignatureBuilder:
             stack.pop()
         return self.keys[node_id]
 
+    def _per_node(self, info) -> bool:
+        """Whether the class's key includes the node id (not idempotent, or takes UNIQUE_ID)."""
+        found = self._per_node_by_cls.get(info.cls)
+        if found is None:
+            found = self._per_node_by_cls[info.cls] = bool(info.not_idempotent or info.uses_unique_id())
+        return found
+
     def _inputs(self, node_id: str) -> dict:
         return self._get_node(node_id).get("inputs") or {}
 
@@ -169,12 +177,13 @@ class SignatureBuilder:
         except Exception:  # the node fails when it is run; its key must just never hit
             log.debug("no class info for node %s", node_id, exc_info=True)
             return _unique("unknown-class")
+        inputs = node.get("inputs") or {}
         parts = [node["class_type"]]
-        parts.append(is_changed_value(info, node_id, self._inputs(node_id), self._extra_pnginfo)
+        parts.append(is_changed_value(info, node_id, inputs, self._extra_pnginfo)
                      if info.has_is_changed else "")
-        parts.append(node_id if (info.not_idempotent or info.uses_unique_id()) else "")
-        for name in sorted(self._inputs(node_id)):
-            value = self._inputs(node_id)[name]
+        parts.append(node_id if self._per_node(info) else "")
+        for name in sorted(inputs):
+            value = inputs[name]
             if is_link(value):
                 # An upstream still without a key is on a cycle: never equal to anything.
                 up = self.keys.get(value[0]) or _unique("cycle")

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from graph.png_metadata import read_png_workflow
+from graph.widget_values import (combo_options, input_names, is_widget, legacy_value_fixes,
+                                 map_widget_values, spec_of)
 
 NodeInfo = Callable[[str], Optional[dict]]
 
@@ -31,9 +33,6 @@ PRIMITIVE = "PrimitiveNode"
 # Subgraph boundary pseudo-nodes (frontend constants).
 SUBGRAPH_INPUT_ID = -10
 SUBGRAPH_OUTPUT_ID = -20
-# Values of the "control after generate" widget the editor stores after seed-like widgets.
-SEED_CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
 class WorkflowFormatError(ValueError):
@@ -171,6 +170,8 @@ class _Flattener:
                                             boundary_of=instance)
         sub_outputs: dict[int, tuple] = {}
         for raw_link in links or []:
+            if raw_link is None:  # old editors left holes for deleted links; the editor skips them
+                continue
             lid, link = _link_record(raw_link, where)
             link.origin = f"{prefix}{link.origin}"
             link.target = f"{prefix}{link.target}"
@@ -285,70 +286,12 @@ def _instance_input(boundary: _Node, slot: int) -> Optional[dict]:
 # Widgets: positional widgets_values -> input names
 
 
-def _spec_of(info: dict, name: str) -> Optional[list]:
-    for section in ("required", "optional"):
-        spec = (info.get("input") or {}).get(section, {}).get(name)
-        if spec is not None:
-            return spec
-    return None
-
-
-def _input_names(info: dict) -> list[str]:
-    order = info.get("input_order") or {}
-    names = []
-    for section in ("required", "optional"):
-        names += list(order.get(section) or (info.get("input") or {}).get(section, {}).keys())
-    return names
-
-
-def _is_widget(spec: Any) -> bool:
-    if not isinstance(spec, (list, tuple)) or not spec:
-        return False
-    kind, opts = spec[0], (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
-    if opts.get("forceInput"):
-        return False
-    return isinstance(kind, list) or kind in WIDGET_TYPES
-
-
-def _has_seed_control(name: str, spec: list) -> bool:
-    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    if "control_after_generate" in opts:
-        return bool(opts["control_after_generate"])
-    # Older editors added the control to INT widgets with these names regardless of the hint.
-    return spec[0] == "INT" and name in ("seed", "noise_seed")
-
-
-def map_widget_values(info: dict, values: Any, named: Optional[dict] = None) -> dict:
-    """Input name -> value for a node's widgets, given its /object_info entry."""
-    widgets = [(n, _spec_of(info, n)) for n in _input_names(info)]
-    widgets = [(n, s) for n, s in widgets if _is_widget(s)]
-    if isinstance(named, dict) and named:
-        return {n: named[n] for n, _ in widgets if n in named}
-    if isinstance(values, dict):  # some node packs save widgets_values as a dict
-        return {n: values[n] for n, _ in widgets if n in values}
-    values = list(values or [])
-    extras = len(values) - len(widgets)
-    result, i = {}, 0
-    for name, spec in widgets:
-        if i >= len(values):
-            break
-        result[name] = values[i]
-        i += 1
-        # The seed's "control after generate" value sits right after it when present.
-        if (extras > 0 and _has_seed_control(name, spec) and i < len(values)
-                and values[i] in SEED_CONTROL_VALUES):
-            i += 1
-            extras -= 1
-    return result
-
-
 def _default_of(spec: list):
     opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
     if "default" in opts:
         return opts["default"]
-    if isinstance(spec[0], list) and spec[0]:
-        return spec[0][0]
-    return None
+    options = combo_options(spec)
+    return options[0] if options else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,6 +306,7 @@ def ui_to_api(workflow: dict, node_info: NodeInfo) -> dict:
     """
     if not is_ui_format(workflow):
         raise WorkflowFormatError("not a UI-format workflow (no 'nodes' list)")
+    _refuse_group_nodes(workflow)
     flat = _Flattener(workflow)
     flat.add_graph(workflow["nodes"], workflow.get("links"), "", "workflow")
     resolver = _Resolver(flat, node_info)
@@ -376,9 +320,10 @@ def ui_to_api(workflow: dict, node_info: NodeInfo) -> dict:
         inputs: dict[str, Any] = {}
         if info is not None:
             inputs.update(map_widget_values(info, node.widgets_values, node.widgets_values_named))
-            for name in _input_names(info):
-                spec = _spec_of(info, name)
-                if name not in inputs and _is_widget(spec) and name in (
+            legacy_value_fixes(node.type, info, inputs)
+            for name in input_names(info):
+                spec = spec_of(info, name)
+                if name not in inputs and is_widget(spec) and name in (
                         (info.get("input") or {}).get("required") or {}):
                     default = _default_of(spec)
                     if default is not None:
@@ -402,6 +347,24 @@ def ui_to_api(workflow: dict, node_info: NodeInfo) -> dict:
         entry["_meta"] = {"title": title}
         prompt[node.id] = entry
     return prompt
+
+
+def _refuse_group_nodes(workflow: dict) -> None:
+    """Group nodes of the pre-subgraph editor (`workflow>Name`, or `workflow/Name` in older files,
+    defined in extra.groupNodes) are not converted: their inputs and widgets follow naming rules of
+    that editor's GroupNodeConfig that we do not reproduce, and a half-right guess would run the
+    wrong graph. The current editor turns them into subgraphs on load; a re-saved file converts."""
+    groups = (workflow.get("extra") or {}).get("groupNodes")
+    if not isinstance(groups, dict) or not groups:
+        return
+    for raw in workflow["nodes"]:
+        type_ = raw.get("type") if isinstance(raw, dict) else None
+        if isinstance(type_, str) and type_.startswith(("workflow>", "workflow/")) \
+                and type_[len("workflow>"):] in groups:
+            raise WorkflowFormatError(
+                f"node {raw.get('id')} is a group node ({type_!r}) of the editor before subgraphs; "
+                f"open the workflow in the current editor, which turns group nodes into subgraphs, "
+                f"and save it again")
 
 
 def _is_link_value(value: list) -> bool:

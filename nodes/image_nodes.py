@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageOps, ImageSequence
 from PIL.PngImagePlugin import PngInfo
 
+from graph.progress import current_node
 from nodes import folder_paths
 from nodes.spec import MAX_RESOLUTION, Combo, Int, Link, Out, String, mappings, node
 
@@ -114,6 +115,25 @@ class LoadImage:
         return True
 
 
+# The PNG text chunks of the prompt being run: every Save/PreviewImage of one prompt embeds the same
+# prompt and workflow, and serializing a 2,000-node prompt once per image cost more than the rest of
+# such a run. One entry, valid for one run (prompt id) and the very same objects.
+_chunk_memo: dict = {}
+
+
+def _metadata_texts(prompt, extra_pnginfo) -> list[tuple[str, str]]:
+    run = current_node()
+    key = (run.prompt_id if run is not None else None, id(prompt), id(extra_pnginfo))
+    memo = _chunk_memo.get("entry")
+    if (run is not None and memo is not None and memo[0] == key and memo[1] is prompt
+            and memo[2] is extra_pnginfo):
+        return memo[3]
+    texts = [("prompt", json.dumps(prompt))] if prompt is not None else []
+    texts += [(k, json.dumps(v)) for k, v in (extra_pnginfo or {}).items()]
+    _chunk_memo["entry"] = (key, prompt, extra_pnginfo, texts)
+    return texts
+
+
 def save_png_batch(images, filename_prefix: str, output_dir: str, folder_type: str,
                    compress_level: int, prompt=None, extra_pnginfo=None) -> list:
     """Write each image of the batch as `<name>_<counter:05>_.png`; returns the UI entries."""
@@ -127,10 +147,8 @@ def save_png_batch(images, filename_prefix: str, output_dir: str, folder_type: s
         metadata = None
         if not DISABLE_METADATA:
             metadata = PngInfo()
-            if prompt is not None:
-                metadata.add_text("prompt", json.dumps(prompt))
-            for key, value in (extra_pnginfo or {}).items():
-                metadata.add_text(key, json.dumps(value))
+            for key, text in _metadata_texts(prompt, extra_pnginfo):
+                metadata.add_text(key, text)
         name = f"{filename.replace('%batch_num%', str(batch_number))}_{counter:05}_.png"
         Image.fromarray(pixels).save(os.path.join(full_folder, name), pnginfo=metadata,
                                      compress_level=compress_level)

@@ -1,6 +1,7 @@
-"""Primitive values, strings and small math/logic nodes (no torch); handy in tests too."""
+"""Primitive values, strings, small math/logic nodes and PreviewAny (no torch); handy in tests too."""
 from __future__ import annotations
 
+import json
 import math
 import operator
 
@@ -100,6 +101,37 @@ class Switch:
         return (on_true if switch else on_false,)
 
 
+def preview_text(value) -> str:
+    """How PreviewAny shows a value: strings as they are, numbers and booleans by str(), anything
+    else as JSON when it serializes (lists, dicts of plain values), else by str() (tensors, models)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float, bool)):
+        return str(value)
+    if value is None:
+        return "None"
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):  # ValueError: circular references
+        pass
+    try:
+        return str(value)
+    except Exception:  # a broken __str__ must not fail the preview
+        return "source exists, but could not be serialized."
+
+
+@node(category="utils", display_name="Preview Any", output_node=True, outputs=[],
+      inputs=[Link("source", "*")])
+class PreviewAny:
+    def execute(self, source=None):
+        return {"ui": {"text": [preview_text(source)]}}
+
+
+PreviewAny.RELATIVE_PYTHON_MODULE = "comfy_extras.nodes_preview_any"  # as ComfyUI reports it
+# ComfyUI declares the input as (ANY, {}): /object_info shows ["*", {}], which spec's Link (no hints,
+# no options dict) cannot express.
+PreviewAny.INPUT_TYPES = classmethod(lambda cls: {"required": {"source": ("*", {})}})
+
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = mappings(
     PrimitiveInt, PrimitiveFloat, PrimitiveString, PrimitiveStringMultiline, PrimitiveBoolean,
-    StringConcatenate, IntMath, FloatMath, Compare, Switch)
+    StringConcatenate, IntMath, FloatMath, Compare, Switch, PreviewAny)

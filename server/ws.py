@@ -73,6 +73,8 @@ class Hub:
         """Queue a message from any thread; sid None = every socket."""
         if self.loop is None or self.loop.is_closed():
             return
+        if not self.sockets:  # nobody to tell: spare the event loop a wake-up per node event
+            return
         self.loop.call_soon_threadsafe(self._queue.put_nowait, (event, data, sid))
 
     def broadcast_status(self) -> None:
