@@ -34,6 +34,8 @@ def _mlp(sd: dict, activation: str, layer_norm: bool, activate_output: bool, whe
             layers.append(ACTIVATIONS[activation]())
         if layer_norm:
             i += 1
+            if i >= len(names):
+                raise ValueError(f"{where}: is_layer_norm is set but {names[i - 1]} has no layer norm after it")
             lw, lb = sd[names[i] + ".weight"], sd[names[i] + ".bias"]
             norm = nn.LayerNorm(lw.shape[0])
             norm.load_state_dict({"weight": lw, "bias": lb})

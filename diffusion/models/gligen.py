@@ -163,7 +163,9 @@ def build_gligen(sd: dict) -> tuple[Gligen, dict[str, str]]:
         if "linear.weight" not in tensors:
             raise ValueError(f"GLIGEN file: {prefix}fuser has no linear.weight")
         query_dim, key_dim = tensors["linear.weight"].shape
-        heads, dim_head = (8, query_dim // 8) if key_dim == SD1_KEY_DIM else (query_dim // 64, 64)
+        # SD1 fusers have 8 heads, others 64-wide heads (at least one head, for scaled-down models)
+        heads = 8 if key_dim == SD1_KEY_DIM else max(1, query_dim // 64)
+        dim_head = query_dim // heads
         name = prefix.rstrip(".").replace(".fuser", "").replace(".", "_")
         with torch.device("meta"):
             fusers[name] = GatedSelfAttention(query_dim, key_dim, heads, dim_head)
