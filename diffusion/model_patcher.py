@@ -129,22 +129,75 @@ class ModelPatcher:
     def get_key_patches(self) -> dict:
         return {k: list(v) for k, v in self.patches.items()}
 
-    # model options used by the sampler (diffusion/guidance.py)
-    def set_model_sampler_cfg_function(self, fn) -> None:
+    # -- model options: sampler hooks (diffusion/sampling/guidance.py) and UNet patch points
+    # (diffusion/models/unet.py). The setters carry ComfyUI's names and signatures: plugin packs
+    # and diffusion/model_patches/ call them on a clone.
+    def set_model_sampler_cfg_function(self, fn, disable_cfg1_optimization: bool = False) -> None:
         self.model_options["sampler_cfg_function"] = fn
+        if disable_cfg1_optimization:
+            self.model_options["disable_cfg1_optimization"] = True
 
-    def set_model_sampler_post_cfg_function(self, fn) -> None:
-        self.model_options.setdefault("sampler_post_cfg_function", []).append(fn)
+    def set_model_sampler_post_cfg_function(self, fn, disable_cfg1_optimization: bool = False) -> None:
+        self.model_options["sampler_post_cfg_function"] = (
+            list(self.model_options.get("sampler_post_cfg_function", [])) + [fn])
+        if disable_cfg1_optimization:
+            self.model_options["disable_cfg1_optimization"] = True
+
+    def set_model_unet_function_wrapper(self, fn) -> None:
+        """fn(apply_model, {"input", "timestep", "c", "cond_or_uncond"}) -> x0, around every model call."""
+        self.model_options["model_function_wrapper"] = fn
+
+    def set_model_patch(self, fn, name: str) -> None:
+        to = self.model_options["transformer_options"]
+        to.setdefault("patches", {}).setdefault(name, []).append(fn)
+
+    def set_model_patch_replace(self, fn, name: str, block_name: str, number: int,
+                                transformer_index: int | None = None) -> None:
+        key = (block_name, number) if transformer_index is None else (block_name, number, transformer_index)
+        to = self.model_options["transformer_options"]
+        to.setdefault("patches_replace", {}).setdefault(name, {})[key] = fn
 
     def set_model_attn1_patch(self, fn) -> None:
-        self._add_attn_patch("attn1", fn)
+        self.set_model_patch(fn, "attn1_patch")
 
     def set_model_attn2_patch(self, fn) -> None:
-        self._add_attn_patch("attn2", fn)
+        self.set_model_patch(fn, "attn2_patch")
 
-    def _add_attn_patch(self, which, fn):
-        to = self.model_options["transformer_options"]
-        to.setdefault("patches", {}).setdefault(which, []).append(fn)
+    def set_model_attn1_replace(self, fn, block_name, number, transformer_index=None) -> None:
+        self.set_model_patch_replace(fn, "attn1", block_name, number, transformer_index)
+
+    def set_model_attn2_replace(self, fn, block_name, number, transformer_index=None) -> None:
+        self.set_model_patch_replace(fn, "attn2", block_name, number, transformer_index)
+
+    def set_model_attn1_output_patch(self, fn) -> None:
+        self.set_model_patch(fn, "attn1_output_patch")
+
+    def set_model_attn2_output_patch(self, fn) -> None:
+        self.set_model_patch(fn, "attn2_output_patch")
+
+    def set_model_input_block_patch(self, fn) -> None:
+        self.set_model_patch(fn, "input_block_patch")
+
+    def set_model_input_block_patch_after_skip(self, fn) -> None:
+        self.set_model_patch(fn, "input_block_patch_after_skip")
+
+    def set_model_middle_block_patch(self, fn) -> None:
+        self.set_model_patch(fn, "middle_block_patch")
+
+    def set_model_output_block_patch(self, fn) -> None:
+        self.set_model_patch(fn, "output_block_patch")
+
+    # -- object patches: a clone's own model_sampling / latent_format (ModelSamplingDiscrete)
+    def add_object_patch(self, name: str, obj) -> None:
+        if name not in ("model_sampling", "latent_format"):
+            raise ValueError(f"add_object_patch: only 'model_sampling' and 'latent_format' can be replaced, "
+                             f"not {name!r}")
+        setattr(self, "_" + name, obj)
+
+    def get_model_object(self, name: str):
+        if name in ("model_sampling", "latent_format"):
+            return getattr(self, name)
+        return getattr(self.model, name)
 
     # -- applying patches ------------------------------------------------------------------------
     def is_patched(self) -> bool:
@@ -196,7 +249,22 @@ class ModelPatcher:
 
     def apply_model(self, x, sigma, c_crossattn, y=None, transformer_options=None, control=None,
                     c_concat=None):
-        """Denoised x0 for the noisy latent `x` (sampler space) at noise level `sigma` [B]."""
+        """Denoised x0 for the noisy latent `x` (sampler space) at noise level `sigma` [B]; through
+        the unet function wrapper when one is set (set_model_unet_function_wrapper)."""
+        wrapper = self.model_options.get("model_function_wrapper")
+        if wrapper is None:
+            return self._apply_model(x, sigma, c_crossattn, y, transformer_options, control, c_concat)
+
+        def inner(input, timestep, **c):
+            return self._apply_model(input, timestep, **c)
+
+        c = {"c_crossattn": c_crossattn, "y": y, "transformer_options": transformer_options, "control": control,
+             "c_concat": c_concat}
+        return wrapper(inner, {"input": x, "timestep": sigma, "c": c,
+                               "cond_or_uncond": (transformer_options or {}).get("cond_or_uncond")})
+
+    def _apply_model(self, x, sigma, c_crossattn, y=None, transformer_options=None, control=None,
+                     c_concat=None):
         ms = self.model_sampling
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device).reshape(-1)
         if sigma.numel() == 1 and x.shape[0] != 1:
@@ -261,15 +329,22 @@ def _copy_transformer_options(options: dict) -> dict:
     out = dict(options)
     if "patches" in options:
         out["patches"] = {k: list(v) for k, v in options["patches"].items()}
+    if "patches_replace" in options:
+        out["patches_replace"] = {k: dict(v) for k, v in options["patches_replace"].items()}
     return out
 
 
 def _merge_transformer_options(base: dict, extra: dict) -> dict:
+    """The model's transformer options plus a call's: patch lists are joined, replace tables merged
+    (the call's entry wins for one block), other keys taken from the call."""
     merged = _copy_transformer_options(base)
     for k, v in extra.items():
         if k == "patches":
             for which, fns in v.items():
                 merged.setdefault("patches", {}).setdefault(which, []).extend(fns)
+        elif k == "patches_replace":
+            for which, table in v.items():
+                merged.setdefault("patches_replace", {}).setdefault(which, {}).update(table)
         else:
             merged[k] = v
     return merged

@@ -24,6 +24,8 @@ BUILTIN_MODULES = [
     "nodes.mask_nodes",
     "nodes.custom_sampling",
     "nodes.vision_nodes",
+    "nodes.model_patch_nodes",
+    "nodes.gligen_nodes",
 ]
 
 

@@ -8,8 +8,16 @@ Hooks:
 - `control`: ControlNet-style residuals, a dict with optional lists "input" (added to the output of
   input block i, popped from the end), "middle" (added after the middle block) and "output" (added to
   the skip connection each output block consumes). Entries may be None.
-- `transformer_options`: a dict passed down to every transformer block; "patches" -> {"attn1": [fn],
-  "attn2": [fn]} where fn(q, k, v, extra) -> (q, k, v) runs before attention, for model patches.
+- `transformer_options`: a dict passed down to every block, with ComfyUI's patch points and names
+  (plugin packs and diffusion/model_patches/ use them; see docs/runtime.md "UNet patch points"):
+  "patches" -> {"input_block_patch", "input_block_patch_after_skip", "middle_block_patch":
+  [fn(h, options) -> h]; "output_block_patch": [fn(h, skip, options) -> (h, skip)];
+  "attn1_patch"/"attn2_patch": [fn(n, context, value, extra) -> (n, context, value)] before the
+  projections; "attn1_output_patch"/"attn2_output_patch": [fn(out, extra) -> out]; "middle_patch":
+  [fn(x, extra) -> x] after self-attention (GLIGEN)}, and "patches_replace" -> {"attn1"/"attn2":
+  {(block, id[, index]): fn(q, k, v, extra) -> attention output}}. The forward fills in "block"
+  (name, id), "block_index", "transformer_index" and "original_shape"; the caller adds "sigmas" and
+  "cond_or_uncond". Without patches the forward is the plain one, bit for bit.
 """
 from __future__ import annotations
 
@@ -180,12 +188,16 @@ class CrossAttention(nn.Module):
         self.to_v = Linear(context_dim, inner, bias=False)
         self.to_out = nn.Sequential(Linear(inner, query_dim), nn.Dropout(0.0))
 
-    def forward(self, x, context=None, patches=(), extra=None):
+    def forward(self, x, context=None, value=None):
         context = x if context is None else context
-        q, k, v = self.to_q(x), self.to_k(context), self.to_v(context)
-        for fn in patches:
-            q, k, v = fn(q, k, v, extra)
-        return self.to_out(attention(q, k, v, self.heads))
+        value = context if value is None else value
+        return self.to_out(attention(self.to_q(x), self.to_k(context), self.to_v(value), self.heads))
+
+    def replaced(self, fn, x, context, value, extra):
+        """A `patches_replace` entry computes the attention itself from the projected q, k, v."""
+        context = x if context is None else context
+        value = context if value is None else value
+        return self.to_out(fn(self.to_q(x), self.to_k(context), self.to_v(value), extra))
 
 
 class GEGLU(nn.Module):
@@ -219,10 +231,40 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
 
     def forward(self, x, context, transformer_options):
-        patches = transformer_options.get("patches", {})
-        x = x + self.attn1(self.norm1(x), None, patches.get("attn1", ()), transformer_options)
-        x = x + self.attn2(self.norm2(x), context, patches.get("attn2", ()), transformer_options)
+        patches = transformer_options.get("patches") or {}
+        replace = transformer_options.get("patches_replace") or {}
+        if not patches and not replace:
+            x = x + self.attn1(self.norm1(x))
+            x = x + self.attn2(self.norm2(x), context)
+            return x + self.ff(self.norm3(x))
+        extra = {k: v for k, v in transformer_options.items() if k not in ("patches", "patches_replace")}
+        extra.update(n_heads=self.attn1.heads, dim_head=self.attn1.to_q.out_features // self.attn1.heads,
+                     attn_precision=None)
+        block = transformer_options.get("block")
+        where = None if block is None else (block[0], block[1], transformer_options.get("block_index", 0))
+        x = x + self._attention(self.attn1, "attn1", self.norm1(x), None, patches, replace, where, block, extra)
+        for fn in patches.get("middle_patch", ()):
+            x = fn(x, extra)
+        x = x + self._attention(self.attn2, "attn2", self.norm2(x), context, patches, replace, where, block, extra)
         return x + self.ff(self.norm3(x))
+
+    @staticmethod
+    def _attention(attn, which, n, context, patches, replace, where, block, extra):
+        """One attention with ComfyUI's patch points: `<which>_patch` on the inputs, a
+        `patches_replace[which]` entry for this (block, id, index) or (block, id), then
+        `<which>_output_patch` on the result."""
+        value = None
+        if patches.get(which + "_patch"):
+            context = n if context is None else context
+            value = context
+            for fn in patches[which + "_patch"]:
+                n, context, value = fn(n, context, value, extra)
+        table = replace.get(which) or {}
+        fn = table.get(where, table.get(block)) if table else None
+        out = attn.replaced(fn, n, context, value, extra) if fn is not None else attn(n, context, value)
+        for fn in patches.get(which + "_output_patch", ()):
+            out = fn(out, extra)
+        return out
 
 
 class SpatialTransformer(nn.Module):
@@ -250,7 +292,8 @@ class SpatialTransformer(nn.Module):
         x = x.permute(0, 2, 3, 1).reshape(b, h * w, -1)
         if self.use_linear:
             x = self.proj_in(x)
-        for block in self.transformer_blocks:
+        for i, block in enumerate(self.transformer_blocks):
+            transformer_options["block_index"] = i
             x = block(x, context, transformer_options)
         if self.use_linear:
             x = self.proj_out(x)
@@ -269,6 +312,8 @@ class TimestepBlock(nn.Sequential):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
                 x = layer(x, context, transformer_options)
+                # which spatial transformer of the UNet this was (GLIGEN keeps one fuser per transformer)
+                transformer_options["transformer_index"] = transformer_options.get("transformer_index", 0) + 1
             elif isinstance(layer, Upsample):
                 x = layer(x, output_size)
             else:
@@ -338,7 +383,11 @@ class UNetModel(nn.Module):
                              f"{'given' if cfg.adm_in_channels else 'None'}")
         out_dtype = x.dtype
         dtype = self.dtype
-        transformer_options = transformer_options or {}
+        # a copy: the forward writes where it is (block, indices) into it for the patches to read
+        transformer_options = dict(transformer_options or {})
+        transformer_options["original_shape"] = list(x.shape)
+        transformer_options["transformer_index"] = 0
+        patches = transformer_options.get("patches") or {}
         x, context = x.to(dtype), context.to(dtype)
         timesteps = torch.as_tensor(timesteps, device=x.device).reshape(-1).expand(x.shape[0])
 
@@ -352,25 +401,36 @@ class UNetModel(nn.Module):
 
         hs = []
         h = x
-        for block in self.input_blocks:
+        for i, block in enumerate(self.input_blocks):
+            transformer_options["block"] = ("input", i)
             h = block(h, emb, context, transformer_options)
             if ctrl_in:
                 c = ctrl_in.pop()
                 if c is not None:
                     h = h + c.to(h.dtype)
+            for fn in patches.get("input_block_patch", ()):
+                h = fn(h, transformer_options)
             hs.append(h)
+            for fn in patches.get("input_block_patch_after_skip", ()):
+                h = fn(h, transformer_options)
 
+        transformer_options["block"] = ("middle", 0)
         h = self.middle_block(h, emb, context, transformer_options)
         for c in control.get("middle") or []:
             if c is not None:
                 h = h + c.to(h.dtype)
+        for fn in patches.get("middle_block_patch", ()):
+            h = fn(h, transformer_options)
 
-        for block in self.output_blocks:
+        for i, block in enumerate(self.output_blocks):
+            transformer_options["block"] = ("output", i)
             skip = hs.pop()
             if ctrl_out:
                 c = ctrl_out.pop()
                 if c is not None:
                     skip = skip + c.to(skip.dtype)
+            for fn in patches.get("output_block_patch", ()):
+                h, skip = fn(h, skip, transformer_options)
             h = torch.cat([h, skip], dim=1)
             h = block(h, emb, context, transformer_options, hs[-1].shape[-2:] if hs else None)
 

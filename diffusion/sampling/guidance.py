@@ -55,8 +55,8 @@ def resolve_conditioning(conditioning, model_sampling, where: str) -> list[CondE
         if context.ndim != 3:
             raise ValueError(f"{where}: CONDITIONING item {n} tensor must be [batch, tokens, dim], "
                              f"got shape {tuple(context.shape)}")
-        # 'control' (ControlNet) and 'gligen' belong to the second half of the node library; they
-        # are not read here yet.
+        # 'control' (ControlNet) belongs to the second half of the node library; it is not read here
+        # yet. 'gligen' is applied per forward in CFGDenoiser.predict.
         start = float(options.get("start_percent", 0.0))
         end = float(options.get("end_percent", 1.0))
         entries.append(CondEntry(context=context, options=options, strength=float(options.get("strength", 1.0)),
@@ -123,6 +123,7 @@ class CFGDenoiser:
         self.cfg = float(cfg)
         self.positive = resolve_conditioning(positive, self.model_sampling, "positive")
         self.negative = resolve_conditioning(negative, self.model_sampling, "negative")
+        self.positive_conditioning, self.negative_conditioning = positive, negative
         self.model_options = dict(getattr(model, "model_options", None) or {})
         self.model_options.update(model_options or {})
         self.calls = 0  # forward passes made, for tests and diagnostics
@@ -217,7 +218,8 @@ class CFGDenoiser:
         transformer_options = dict(options.get("transformer_options", {}))
         per_forward = self._copies_per_forward(x)
         keys = [((tuple(x_in.shape), _shape(crop(job.concat, area) if job.concat is not None else None),
-                  _shape(job.adm), job.context.shape[0], job.context.shape[2]), job.context.shape[1])
+                  _shape(job.adm), job.context.shape[0], job.context.shape[2],
+                  id(job.entry.options.get("gligen"))), job.context.shape[1])
                 for job, x_in, _, area in runs]
         groups = [g[k:k + per_forward] for g in _groups(keys) for k in range(0, len(g), per_forward)]
         for group in groups:
@@ -233,7 +235,9 @@ class CFGDenoiser:
             transformer_options["cond_or_uncond"] = [job.side for job, *_ in batch]
             self.calls += 1
             out = self.model.apply_model(x_in, sigma_in, c_crossattn=ctx, y=y,
-                                         transformer_options=transformer_options, **extra).chunk(n)
+                                         transformer_options=with_gligen(transformer_options,
+                                                                         batch[0][0].entry.options, x_in),
+                                         **extra).chunk(n)
             for (job, _, mult, area), pred in zip(batch, out):
                 sums[job.side].add(pred, mult, area)
         return [sums[k].result() if k in sums else None for k in range(len(groups_of_entries))]
@@ -259,10 +263,39 @@ class CFGDenoiser:
         else:
             denoised = uncond + (cond - uncond) * self.cfg
         for post in options.get("sampler_post_cfg_function", []):
-            denoised = post({"denoised": denoised, "cond": cond, "uncond": uncond, "model": self.model,
+            # as ComfyUI: "cond"/"uncond" are the CONDITIONING lists (a hook may evaluate them again
+            # with calc_cond_batch), the predictions are "cond_denoised"/"uncond_denoised"
+            denoised = post({"denoised": denoised, "cond": self.positive_conditioning,
+                             "uncond": self.negative_conditioning if not skip_uncond else None, "model": self.model,
                              "uncond_denoised": uncond, "cond_denoised": cond, "sigma": sigma,
                              "model_options": options, "input": x, "cond_scale": self.cfg})
         return denoised
+
+
+def with_gligen(transformer_options: dict, cond_options: dict, x_in: torch.Tensor) -> dict:
+    """The forward's transformer options plus the conditioning's GLIGEN patch (a "middle_patch"
+    built for this batch's latent shape), or the options unchanged without one."""
+    gligen = cond_options.get("gligen")
+    if gligen is None:
+        return transformer_options
+    from diffusion.models.gligen import gligen_patch
+
+    patches = dict(transformer_options.get("patches") or {})
+    patches["middle_patch"] = list(patches.get("middle_patch", [])) + [gligen_patch(gligen, x_in.shape, x_in.device)]
+    return {**transformer_options, "patches": patches}
+
+
+def calc_cond_batch(model, conds: list, x: torch.Tensor, sigma: torch.Tensor, model_options: dict | None = None,
+                    prompt_types: list[str] | None = None) -> list[torch.Tensor]:
+    """x0 for each CONDITIONING list in `conds` at (x, sigma), batched like one denoiser step
+    (ComfyUI's samplers.calc_cond_batch, for hooks such as SAG and PerpNeg); a None or empty list
+    gives zeros. `prompt_types` says which side each list counts as (default: the first positive,
+    the others negative)."""
+    prompt_types = prompt_types or ["positive"] + ["negative"] * (len(conds) - 1)
+    denoiser = CFGDenoiser(model, None, None, 1.0, model_options)
+    lists = [resolve_conditioning(c, denoiser.model_sampling, t) for c, t in zip(conds, prompt_types)]
+    preds = denoiser.predict(lists, x, sigma, denoiser.model_options)
+    return [torch.zeros_like(x) if p is None else p for p in preds]
 
 
 class InpaintDenoiser:
