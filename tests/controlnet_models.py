@@ -24,12 +24,13 @@ TINY_CONTROLNET = {arch: {k: v for k, v in cfg.items() if k in _ENCODER_KEYS} fo
 SD15_CONTROLNET = dict(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, cross_attention_dim=768,
                        attention_head_dim=8)
 
-# A tiny SD1-structured UNet for the end-to-end ControlNet / T2I-Adapter workflows: four levels of
-# two res blocks (the input-block layout T2I-Adapters are placed on), attention in the top three.
-E2E_UNET = dict(block_out_channels=(32, 64, 64, 64), layers_per_block=2, cross_attention_dim=32,
-                attention_head_dim=8,
-                down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                                  "DownBlock2D"))
+# ControlNets for the end-to-end checkpoint (tests/test_controlnet_workflows.py): the tiny SD1 UNet
+# with SD1's input-block layout, four levels of two res blocks (make_tiny_checkpoint TinySD1 with
+# channel_mult (1, 2, 2, 2), num_res_blocks 2), attention everywhere, context width 32, 8 heads.
+E2E_CONTROLNET = dict(block_out_channels=(32, 64, 64, 64), layers_per_block=2, cross_attention_dim=32,
+                      attention_head_dim=8, down_block_types=("CrossAttnDownBlock2D",) * 4)
+E2E_DEPTH_ADAPTER = dict(in_channels=1, channels=[32, 64, 64, 64], num_res_blocks=2, downscale_factor=8,
+                         adapter_type="full_adapter")
 
 
 def diffusers_controlnet(config: dict, seed: int = 0, meta: bool = False):

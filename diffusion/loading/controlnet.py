@@ -100,7 +100,7 @@ def diffusers_controlnet_to_cldm(sd: dict) -> tuple[dict, list[str]]:
 # ---------------------------------------------------------------------------------------------
 # T2I-Adapters
 
-def _diffusers_adapter_to_original(sd: dict) -> dict:
+def diffusers_adapter_to_original(sd: dict) -> dict:
     """diffusers' T2IAdapter names (`adapter.body.i.resnets.j.*`) -> TencentARC's (`body.k.*`)."""
     light = "adapter.body.0.out_conv.weight" in sd
     n = _count(sd, r"^adapter\.body\.0\.resnets\.(\d+)\.")
@@ -232,7 +232,7 @@ def controlnet_from_state_dict(sd: dict, where="state dict", model=None, setting
             raise CheckpointError(where, "holds neither a ControlNet ('zero_convs', 'input_hint_block') nor a "
                                          "T2I-Adapter ('conv_in', 'body'); is it another kind of model?")
         if "adapter.conv_in.weight" in sd or "adapter.body.0.out_conv.weight" in sd:
-            sd = _diffusers_adapter_to_original(sd)
+            sd = diffusers_adapter_to_original(sd)
         net, _ = build_t2i_adapter_model(sd, where, offload)
         return T2IAdapter(ModelPatcher(net, arch="t2i_adapter", load_device=device, offload_device=offload))
     dtype = memory.unet_dtype(device, settings, stored=next(v.dtype for v in sd.values() if v.is_floating_point()))
