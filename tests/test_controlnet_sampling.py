@@ -158,3 +158,41 @@ def test_wrong_hint_channels_are_named(env):
     with pytest.raises(ValueError, match=r"ControlNetApplyAdvanced: input 'image'.*4 channels.*reads 3"):
         ControlNetApplyAdvanced().execute(env["positive"], env["negative"], env["controls"]["canny"],
                                           torch.rand(1, 64, 64, 4), 1.0, 0.0, 1.0)
+
+
+def test_diff_controlnet_adds_the_model_weights(env, tmp_path):
+    from safetensors.torch import save_file
+
+    from controlnet_models import cldm_state_dict
+    from diffusion.loading.controlnet import load_controlnet
+    from diffusion.loading.files import CheckpointError
+
+    full = cldm_state_dict(diffusers_controlnet(TINY_SD1_CONTROLNET, seed=4))
+    unet = env["model"].model.state_dict()
+    diff = {f"control_model.{k}": (v - unet[k]) if k in unet else v for k, v in full.items()}
+    assert sum(k in unet for k in full) > 20  # the encoder half is stored as a difference
+    diff["difference"] = torch.zeros(1)
+    save_file({k: v.contiguous() for k, v in diff.items()}, str(tmp_path / "diff.safetensors"))
+    save_file({k: v.contiguous() for k, v in full.items()}, str(tmp_path / "full.safetensors"))
+
+    with pytest.raises(CheckpointError, match="diff ControlNet.*DiffControlNetLoader"):
+        load_controlnet(tmp_path / "diff.safetensors")
+    merged = load_controlnet(tmp_path / "diff.safetensors", model=env["model"]).network.state_dict()
+    reference = load_controlnet(tmp_path / "full.safetensors").network.state_dict()
+    assert merged.keys() == reference.keys()
+    for k in reference:
+        torch.testing.assert_close(merged[k], reference[k], rtol=0, atol=1e-6)
+
+
+def test_files_that_are_not_controlnets_are_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from diffusion.loading.controlnet import load_controlnet
+    from diffusion.loading.files import CheckpointError
+
+    save_file({"lora_controlnet": torch.zeros(1)}, str(tmp_path / "control-lora.safetensors"))
+    save_file({"first_stage_model.decoder.conv_in.weight": torch.zeros(1)}, str(tmp_path / "vae.safetensors"))
+    with pytest.raises(CheckpointError, match="Control-LoRA"):
+        load_controlnet(tmp_path / "control-lora.safetensors")
+    with pytest.raises(CheckpointError, match="neither a ControlNet.*nor a T2I-Adapter"):
+        load_controlnet(tmp_path / "vae.safetensors")
