@@ -26,6 +26,7 @@ BUILTIN_MODULES = [
     "nodes.vision_nodes",
     "nodes.model_patch_nodes",
     "nodes.gligen_nodes",
+    "nodes.controlnet_nodes",
 ]
 
 

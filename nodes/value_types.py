@@ -48,4 +48,5 @@ BUILTIN_VALUE_TYPES = {
     "SAMPLER": ValueType(_has_method("sample"), "a SAMPLER", "Connect KSamplerSelect or another sampler node."),
     "NOISE": ValueType(_has_method("generate_noise"), "a NOISE", "Connect RandomNoise or DisableNoise."),
     "GUIDER": ValueType(_has_method("sample"), "a GUIDER", "Connect CFGGuider or BasicGuider."),
+    "CONTROL_NET": ValueType(_has_method("with_hint"), "a CONTROL_NET", "Connect a ControlNet loader."),
 }

@@ -52,6 +52,7 @@ class TinySD1:
     vae_ch: int = 32
     vae_ch_mult: tuple[int, ...] = (1, 1, 2, 2)  # four levels: the 8x downscale of the real VAE
     unet_in_channels: int = 4  # 9: an inpainting UNet (latent + mask + masked-image latent)
+    num_res_blocks: int = 1  # per level; 2 with four levels gives SD1's input-block layout (T2I-Adapters)
 
 
 @dataclass(frozen=True)
@@ -82,11 +83,11 @@ class TinySDXLRefiner:
 
 
 def _unet_config_sd1(t: TinySD1) -> UNetConfig:
-    levels = len(t.channel_mult)
+    levels, n = len(t.channel_mult), t.num_res_blocks
     return UNetConfig(
         in_channels=t.unet_in_channels,
-        model_channels=t.model_channels, channel_mult=t.channel_mult, num_res_blocks=(1,) * levels,
-        transformer_depth=(1,) * levels, transformer_depth_output=(1,) * (2 * levels),
+        model_channels=t.model_channels, channel_mult=t.channel_mult, num_res_blocks=(n,) * levels,
+        transformer_depth=(1,) * (n * levels), transformer_depth_output=(1,) * ((n + 1) * levels),
         transformer_depth_middle=1, context_dim=t.clip_width, num_heads=8, num_head_channels=-1,
         use_linear_in_transformer=False, adm_in_channels=None)
 

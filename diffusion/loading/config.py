@@ -114,10 +114,14 @@ def _depth(keys, block: str) -> int:
     return len(ids)
 
 
-def detect_unet_config(sd: dict, metadata: dict | None = None, where: str = "state dict") -> UNetConfig:
+def detect_unet_config(sd: dict, metadata: dict | None = None, where: str = "state dict",
+                       encoder_only: bool = False) -> UNetConfig:
     """Read a UNetConfig from a UNet state dict in the original layout (no 'model.diffusion_model.').
 
     `sd` maps key -> tensor (or a shape tuple); `metadata` is the file's safetensors metadata.
+    `encoder_only`: the weights hold only the input and middle blocks (a ControlNet); the decoder
+    half of the config is then the usual mirror image with no attention and `out_channels` =
+    `in_channels`, values nothing built from it reads.
     """
     keys = list(sd.keys())
 
@@ -129,13 +133,13 @@ def detect_unet_config(sd: dict, metadata: dict | None = None, where: str = "sta
 
     w_in = shape("input_blocks.0.0.weight")
     model_channels, in_channels = w_in[0], w_in[1]
-    out_channels = shape("out.2.weight")[0]
+    out_channels = in_channels if encoder_only else shape("out.2.weight")[0]
     context_dim = None
     use_linear = False
 
     input_ids = _indices(keys, r"input_blocks\.(\d+)\.")
     output_ids = _indices(keys, r"output_blocks\.(\d+)\.")
-    if not input_ids or not output_ids:
+    if not input_ids or not (output_ids or encoder_only):
         raise ConfigError(f"{where}: no input_blocks/output_blocks keys; not a UNet")
 
     # Walk the input blocks: a ResBlock opens or continues a level, a Downsample ('.0.op') ends one.
@@ -165,6 +169,8 @@ def detect_unet_config(sd: dict, metadata: dict | None = None, where: str = "sta
     num_res_blocks.append(current)
 
     transformer_depth_output = [_depth(keys, f"output_blocks.{i}.1") for i in output_ids]
+    if encoder_only:
+        transformer_depth_output = [0] * sum(n + 1 for n in num_res_blocks)
     for i, d in zip(output_ids, transformer_depth_output):
         if d:
             widths.append(shape(f"output_blocks.{i}.1.norm.weight")[0])

@@ -321,41 +321,53 @@ class TimestepBlock(nn.Sequential):
         return x
 
 
+def build_encoder(cfg: UNetConfig):
+    """The UNet's encoder half, shared with ControlNets (diffusion/models/controlnet.py): time
+    embedding, label embedding (None without ADM input), input blocks, middle block, and the width
+    of every input block's output in order (what each skip connection / zero conv carries)."""
+    mc, ted = cfg.model_channels, cfg.time_embed_dim
+    time_embed = nn.Sequential(Linear(mc, ted), nn.SiLU(), Linear(ted, ted))
+    label_emb = None
+    if cfg.adm_in_channels is not None:
+        label_emb = nn.Sequential(nn.Sequential(Linear(cfg.adm_in_channels, ted), nn.SiLU(), Linear(ted, ted)))
+
+    input_blocks = nn.ModuleList([TimestepBlock(Conv2d(cfg.in_channels, mc, 3, padding=1))])
+    widths = [mc]
+    ch = mc
+    depth_in = iter(cfg.transformer_depth)
+    for level, mult in enumerate(cfg.channel_mult):
+        for _ in range(cfg.num_res_blocks[level]):
+            layers = [ResBlock(ch, ted, mult * mc)]
+            ch = mult * mc
+            depth = next(depth_in)
+            if depth:
+                layers.append(_transformer(cfg, ch, depth))
+            input_blocks.append(TimestepBlock(*layers))
+            widths.append(ch)
+        if level != len(cfg.channel_mult) - 1:
+            input_blocks.append(TimestepBlock(Downsample(ch)))
+            widths.append(ch)
+
+    middle = [ResBlock(ch, ted, ch)]
+    if cfg.transformer_depth_middle >= 0:
+        middle += [_transformer(cfg, ch, cfg.transformer_depth_middle), ResBlock(ch, ted, ch)]
+    return time_embed, label_emb, input_blocks, TimestepBlock(*middle), widths
+
+
+def _transformer(cfg: UNetConfig, ch: int, depth: int) -> SpatialTransformer:
+    heads, dim_head = cfg.heads_for(ch)
+    return SpatialTransformer(ch, heads, dim_head, depth, cfg.context_dim, cfg.use_linear_in_transformer)
+
+
 class UNetModel(nn.Module):
     def __init__(self, config: UNetConfig):
         super().__init__()
         self.config = cfg = config
         mc, ted = cfg.model_channels, cfg.time_embed_dim
-        self.time_embed = nn.Sequential(Linear(mc, ted), nn.SiLU(), Linear(ted, ted))
-        if cfg.adm_in_channels is not None:
-            self.label_emb = nn.Sequential(nn.Sequential(
-                Linear(cfg.adm_in_channels, ted), nn.SiLU(), Linear(ted, ted)))
-
-        def transformer(ch, depth):
-            heads, dim_head = cfg.heads_for(ch)
-            return SpatialTransformer(ch, heads, dim_head, depth, cfg.context_dim, cfg.use_linear_in_transformer)
-
-        self.input_blocks = nn.ModuleList([TimestepBlock(Conv2d(cfg.in_channels, mc, 3, padding=1))])
-        skip_channels = [mc]
-        ch = mc
-        depth_in = iter(cfg.transformer_depth)
-        for level, mult in enumerate(cfg.channel_mult):
-            for _ in range(cfg.num_res_blocks[level]):
-                layers = [ResBlock(ch, ted, mult * mc)]
-                ch = mult * mc
-                depth = next(depth_in)
-                if depth:
-                    layers.append(transformer(ch, depth))
-                self.input_blocks.append(TimestepBlock(*layers))
-                skip_channels.append(ch)
-            if level != len(cfg.channel_mult) - 1:
-                self.input_blocks.append(TimestepBlock(Downsample(ch)))
-                skip_channels.append(ch)
-
-        middle = [ResBlock(ch, ted, ch)]
-        if cfg.transformer_depth_middle >= 0:
-            middle += [transformer(ch, cfg.transformer_depth_middle), ResBlock(ch, ted, ch)]
-        self.middle_block = TimestepBlock(*middle)
+        self.time_embed, label_emb, self.input_blocks, self.middle_block, skip_channels = build_encoder(cfg)
+        if label_emb is not None:
+            self.label_emb = label_emb
+        ch = skip_channels[-1]
 
         self.output_blocks = nn.ModuleList()
         depth_out = iter(cfg.transformer_depth_output)
@@ -365,7 +377,7 @@ class UNetModel(nn.Module):
                 ch = mc * mult
                 depth = next(depth_out)
                 if depth:
-                    layers.append(transformer(ch, depth))
+                    layers.append(_transformer(cfg, ch, depth))
                 if level and i == cfg.num_res_blocks[level]:
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepBlock(*layers))

@@ -55,14 +55,34 @@ def resolve_conditioning(conditioning, model_sampling, where: str) -> list[CondE
         if context.ndim != 3:
             raise ValueError(f"{where}: CONDITIONING item {n} tensor must be [batch, tokens, dim], "
                              f"got shape {tuple(context.shape)}")
-        # 'control' (ControlNet) belongs to the second half of the node library; it is not read here
-        # yet. 'gligen' is applied per forward in CFGDenoiser.predict.
+        control = options.get("control")
+        if control is not None and not callable(getattr(control, "residuals", None)):
+            raise TypeError(f"{where}: CONDITIONING item {n} 'control' must be a CONTROL_NET, "
+                            f"got {type(control).__name__}")
+        # 'gligen' is applied per forward in CFGDenoiser.predict.
         start = float(options.get("start_percent", 0.0))
         end = float(options.get("end_percent", 1.0))
         entries.append(CondEntry(context=context, options=options, strength=float(options.get("strength", 1.0)),
                                  sigma_start=model_sampling.percent_to_sigma(start),
                                  sigma_end=model_sampling.percent_to_sigma(end)))
     return entries
+
+
+def share_control_with_uncond(positive: list[CondEntry], negative: list[CondEntry]) -> list[CondEntry]:
+    """The negative side with the controls of positive conditionings marked
+    `control_apply_to_uncond` (the deprecated ControlNetApply), as ComfyUI's
+    apply_empty_x_to_equal_area: only when no negative conditioning without an area has a control
+    yet, the i-th such control goes to the (i mod n)-th negative conditioning without an area."""
+    controls = [e.options["control"] for e in positive if e.options.get("control_apply_to_uncond")
+                and "area" not in e.options and e.options.get("control") is not None]
+    plain = [i for i, e in enumerate(negative) if "area" not in e.options]
+    if not controls or not plain or any(negative[i].options.get("control") is not None for i in plain):
+        return negative
+    negative = list(negative)
+    for k, control in enumerate(controls):
+        i = plain[k % len(plain)]
+        negative[i] = replace(negative[i], options={**negative[i].options, "control": control})
+    return negative
 
 
 @dataclass
@@ -75,6 +95,7 @@ class _Job:
     adm: torch.Tensor | None       # [B, adm] (SDXL)
     concat: torch.Tensor | None    # [B, extra, H, W] (inpainting UNets)
     where: str
+    control: object = None         # CONTROL_NET (diffusion/models/controlnet.py) or None
 
 
 def _to_batch(t: torch.Tensor, batch: int, where: str) -> torch.Tensor:
@@ -122,8 +143,10 @@ class CFGDenoiser:
         self.model_sampling = model.model_sampling
         self.cfg = float(cfg)
         self.positive = resolve_conditioning(positive, self.model_sampling, "positive")
-        self.negative = resolve_conditioning(negative, self.model_sampling, "negative")
+        self.negative = share_control_with_uncond(
+            self.positive, resolve_conditioning(negative, self.model_sampling, "negative"))
         self.positive_conditioning, self.negative_conditioning = positive, negative
+        self._control_cache = {}  # resized hints and T2I-Adapter features, for this run only
         self.model_options = dict(getattr(model, "model_options", None) or {})
         self.model_options.update(model_options or {})
         self.calls = 0  # forward passes made, for tests and diagnostics
@@ -177,7 +200,7 @@ class CFGDenoiser:
                                    self.denoise_mask, x.device, where).to(x.dtype)
         return _Job(side=side, entry=entry, region=resolve_region(entry.options, tuple(x.shape[2:]), x.device, where),
                     context=_to_batch(entry.context.to(x.device, x.dtype), x.shape[0], where),
-                    adm=self._adm(entry, x), concat=concat, where=where)
+                    adm=self._adm(entry, x), concat=concat, where=where, control=entry.options.get("control"))
 
     def _prepare(self, lists: list[list[CondEntry]], x: torch.Tensor) -> list[list[_Job]]:
         """Every conditioning resolved for this latent shape (once per run: the shape is fixed)."""
@@ -198,6 +221,7 @@ class CFGDenoiser:
                     if src is not None:
                         s = others[src]
                         others.append(replace(job, side=kk, context=s.context, adm=s.adm, concat=s.concat,
+                                              control=s.control,
                                               where=f"{s.where} (twin of {job.where}'s area)"))
         self._prepared = (key, sides)
         return sides
@@ -219,7 +243,7 @@ class CFGDenoiser:
         per_forward = self._copies_per_forward(x)
         keys = [((tuple(x_in.shape), _shape(crop(job.concat, area) if job.concat is not None else None),
                   _shape(job.adm), job.context.shape[0], job.context.shape[2],
-                  id(job.entry.options.get("gligen"))), job.context.shape[1])
+                  id(job.entry.options.get("gligen")), id(job.control)), job.context.shape[1])
                 for job, x_in, _, area in runs]
         groups = [g[k:k + per_forward] for g in _groups(keys) for k in range(0, len(g), per_forward)]
         for group in groups:
@@ -233,6 +257,10 @@ class CFGDenoiser:
             x_in = torch.cat([x_in for _, x_in, _, _ in batch], dim=0)
             sigma_in = torch.cat([sigma] * n, dim=0)
             transformer_options["cond_or_uncond"] = [job.side for job, *_ in batch]
+            control = batch[0][0].control
+            if control is not None:  # one control per group: jobs with different controls never share
+                extra["control"] = control.residuals(x_in, sigma_in, self.model_sampling, ctx, y, n,
+                                                     self._control_cache)
             self.calls += 1
             out = self.model.apply_model(x_in, sigma_in, c_crossattn=ctx, y=y,
                                          transformer_options=with_gligen(transformer_options,
