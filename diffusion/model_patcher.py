@@ -300,6 +300,16 @@ def patched_float(key: str, weight: torch.Tensor, plist) -> torch.Tensor:
     return w
 
 
+def patch_error(key: str, value, shape) -> str | None:
+    """Why `value` cannot patch a weight of `shape`, or None if it can (worked out on the meta device,
+    so nothing is computed)."""
+    try:
+        _add_patch(key, torch.empty(tuple(shape), device="meta"), value, 1.0)
+    except (ValueError, RuntimeError, NotImplementedError, IndexError) as e:
+        return str(e)
+    return None
+
+
 def _kind(key, value):
     """(kind, data) of a patch value in any of the accepted layouts."""
     if isinstance(value, torch.Tensor):
