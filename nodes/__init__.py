@@ -23,6 +23,8 @@ BUILTIN_MODULES = [
     "nodes.image_ops",
     "nodes.mask_nodes",
     "nodes.custom_sampling",
+    "nodes.lora_nodes",
+    "nodes.merge_nodes",
 ]
 
 
