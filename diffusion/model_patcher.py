@@ -8,9 +8,23 @@ removing patches restores the base bit for bit. Only one patcher's patches are a
 module at a time; loading another clone unpatches the previous one first.
 
 Patch values accepted by `add_patches({key: value})` (key = UNet parameter name, with or without the
-"diffusion_model." prefix):
-- a tensor of the weight's shape (a difference added to the weight), or ("diff", tensor)
-- ("lora", (up, down, alpha, None)): delta = up @ down * alpha / rank (alpha None = rank)
+"diffusion_model." prefix); the tuple layouts are ComfyUI's, so plugin patches carry over. Every
+patch is applied as `w = w * strength_model + strength_patch * delta`, in float32, in list order:
+- a tensor of the weight's shape, (tensor,) or ("diff", tensor | (tensor,)): delta = tensor
+- ("set", (tensor,)): the weight becomes tensor (strengths unused, as in ComfyUI)
+- ("lora", (up, down, alpha, mid, dora_scale)): delta = up @ down · alpha / rank (rank = down's rows,
+  alpha None = rank); `mid` [r, r, kh, kw] is LyCORIS LoCon's Tucker core: up · mid · down
+- ("loha", (w1a, w1b, alpha, w2a, w2b, t1, t2, dora_scale)): delta = (w1a @ w1b) ⊙ (w2a @ w2b) · alpha / rank
+  (t1/t2: Tucker cores of conv LoHa)
+- ("lokr", (w1, w2, alpha, w1a, w1b, w2a, w2b, t2, dora_scale)): delta = kron(w1, w2), each factor given or
+  as a low-rank product; alpha / rank applies only when a factor is low-rank
+- a list [(weight,), *patches]: another model's weight with its own patches (model merging), used as a
+  "diff" delta, so ModelMergeSimple's (1 - ratio, ratio) gives w1·ratio + w2·(1 - ratio)
+- ("slice", (patch, index, count, transposed)): row block `index` of `count` of the delta `patch` makes
+  on a stacked weight (open_clip's in_proj holds q, k and v; see diffusion.text.encoder)
+A `dora_scale` (DoRA) rescales the patched weight to that magnitude, per input channel (kohya, ComfyUI's
+layout [1, in]) or per output channel when it has one value per output row (LyCORIS `wd_on_out`, PEFT's
+`lora_magnitude_vector`), then blends with strength_patch.
 """
 from __future__ import annotations
 
@@ -128,6 +142,28 @@ class ModelPatcher:
 
     def get_key_patches(self) -> dict:
         return {k: list(v) for k, v in self.patches.items()}
+
+    def base_weights(self) -> dict[str, torch.Tensor]:
+        """Every parameter's base (unpatched) tensor, whichever patcher's patches are applied now."""
+        backup = self.model._lg_patch_state["backup"]
+        return {k: backup.get(k, p) for k, p in self.model.named_parameters()}
+
+    def merge_patches(self) -> dict[str, list]:
+        """{parameter: [(base,), *patches]}: this model's weights as patch values for another model
+        (ComfyUI's `get_key_patches` layout; the merge nodes add them to a clone of the first model)."""
+        return {k: [(w,)] + list(self.patches.get(k, ())) for k, w in self.base_weights().items()}
+
+    def patched_state_dict(self) -> dict[str, torch.Tensor]:
+        """The module's state dict with this patcher's patches applied (new tensors for the patched
+        weights only), without patching the module itself: what a saved checkpoint holds."""
+        sd = self.model.state_dict()
+        base = self.base_weights()
+        for k in sd:
+            if k in base:
+                sd[k] = base[k].detach()
+        for k, plist in self.patches.items():
+            sd[k] = _apply(k, sd[k], plist)
+        return sd
 
     # -- model options: sampler hooks (diffusion/sampling/guidance.py) and UNet patch points
     # (diffusion/models/unet.py). The setters carry ComfyUI's names and signatures: plugin packs
@@ -291,38 +327,159 @@ class ModelPatcher:
         return self.apply_model(*args, **kwargs)
 
 
+# -- patch math (the value layouts are in the module docstring) ---------------------------------------
+
 def _apply(key: str, weight: torch.Tensor, plist) -> torch.Tensor:
     """Base weight plus its patches, computed in float32 and returned in the weight's dtype."""
-    w = weight.float()
+    return patched_float(key, weight, plist).to(weight.dtype)
+
+
+def patched_float(key: str, weight: torch.Tensor, plist) -> torch.Tensor:
+    """`weight` with the patches of `plist` [(strength_patch, value, strength_model)] applied, float32.
+    Always a new tensor: the base weight is never written to."""
+    w = weight.to(torch.float32, copy=True)
     for strength_patch, value, strength_model in plist:
         if strength_model != 1.0:
-            w = w * strength_model
-        delta = _delta(key, value, w)
-        w = w + strength_patch * delta
-    return w.to(weight.dtype)
+            w.mul_(strength_model)
+        w = _add_patch(key, w, value, float(strength_patch))
+    return w
 
 
-def _delta(key, value, w):
+def patch_error(key: str, value, shape) -> str | None:
+    """Why `value` cannot patch a weight of `shape`, or None if it can (worked out on the meta device,
+    so nothing is computed)."""
+    try:
+        _add_patch(key, torch.empty(tuple(shape), device="meta"), value, 1.0)
+    except (ValueError, RuntimeError, NotImplementedError, IndexError) as e:
+        return str(e)
+    return None
+
+
+def _kind(key, value):
+    """(kind, data) of a patch value in any of the accepted layouts."""
     if isinstance(value, torch.Tensor):
-        kind, value = "diff", value
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and isinstance(value[0], str):
-        kind, value = value
-    else:
-        raise ValueError(f"patch for {key}: unsupported value {type(value).__name__}")
+        return "diff", value
+    if isinstance(value, list):  # another model's weight and patches (merging)
+        return "merge", value
+    if isinstance(value, tuple) and len(value) == 1 and isinstance(value[0], torch.Tensor):
+        return "diff", value[0]
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
+        kind, data = value
+        if kind in ("diff", "set") and isinstance(data, (tuple, list)):
+            data = data[0]
+        return kind, data
+    raise ValueError(f"patch for {key}: unsupported value {type(value).__name__}")
+
+
+def _add_patch(key: str, w: torch.Tensor, value, strength: float) -> torch.Tensor:
+    kind, data = _kind(key, value)
+    if kind == "merge":
+        (base, *_), *patches = data
+        kind, data = "diff", patched_float(key, base.to(w.device), patches)
+    if kind == "set":
+        return _same_shape(key, data, w).to(w.device, torch.float32).clone()
     if kind == "diff":
-        if tuple(value.shape) != tuple(w.shape):
-            raise ValueError(f"patch for {key}: shape {tuple(value.shape)} != weight {tuple(w.shape)}")
-        return value.to(w.device, torch.float32)
+        if strength != 0.0:
+            w.add_(_same_shape(key, data, w).to(w.device, torch.float32), alpha=strength)
+        return w
+    if kind == "slice":
+        return w.add_(_slice_delta(key, data, w), alpha=strength)
+    delta, dora_scale = adapter_delta(key, kind, data, w.shape, w.device)
+    if dora_scale is not None:
+        return _dora(w, delta, dora_scale.to(w.device, torch.float32), strength)
+    return w.add_(delta, alpha=strength)
+
+
+def _same_shape(key, t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    if tuple(t.shape) != tuple(w.shape):
+        raise ValueError(f"patch for {key}: shape {tuple(t.shape)} != weight {tuple(w.shape)}")
+    return t
+
+
+def _f32(t, device):
+    return None if t is None else t.to(device, torch.float32)
+
+
+def _scale(alpha, rank: int) -> float:
+    return float(alpha) / rank if alpha is not None else 1.0
+
+
+def _low_rank(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
+    """a @ b, or with a Tucker core t [r, r, kh, kw] (LyCORIS conv layers; a is then [r, out]):
+    out[p, q, k, l] = Σ t[i, j, k, l] · b[j, q] · a[i, p]."""
+    if t is None:
+        return a.flatten(1) @ b.flatten(1)
+    return torch.einsum("ijkl,jq,ip->pqkl", t, b.flatten(1), a.flatten(1))
+
+
+def adapter_delta(key: str, kind: str, data, shape, device="cpu"):
+    """(delta reshaped to `shape`, already scaled by alpha / rank; dora_scale or None) of a LoRA-family
+    patch."""
     if kind == "lora":
-        up, down, alpha, mid = (list(value) + [None] * 4)[:4]
-        rank = down.shape[0]
-        scale = (float(alpha) / rank) if alpha is not None else 1.0
-        if mid is not None:
-            raise NotImplementedError(f"patch for {key}: LoRA with a mid (LoCon) tensor is not supported yet")
-        up, down = up.to(w.device, torch.float32), down.to(w.device, torch.float32)
-        delta = torch.mm(up.flatten(1), down.flatten(1)).reshape(w.shape)
-        return delta * scale
-    raise ValueError(f"patch for {key}: unknown patch kind {kind!r}")
+        up, down, alpha, mid, dora = (list(data) + [None] * 5)[:5]
+        up, down, mid = _f32(up, device), _f32(down, device), _f32(mid, device)
+        if mid is None:
+            delta = up.flatten(1) @ down.flatten(1)
+        else:  # LoCon: up [out, r, 1, 1] · mid [r, r, kh, kw] · down [r, in, 1, 1]
+            delta = torch.einsum("oa,abkl,bi->oikl", up.flatten(1), mid, down.flatten(1))
+        scale = _scale(alpha, down.shape[0])
+    elif kind == "loha":
+        w1a, w1b, alpha, w2a, w2b, t1, t2, dora = (list(data) + [None] * 8)[:8]
+        m1 = _low_rank(_f32(w1a, device), _f32(w1b, device), _f32(t1, device))
+        m2 = _low_rank(_f32(w2a, device), _f32(w2b, device), _f32(t2, device))
+        delta, scale = m1 * m2, _scale(alpha, w1b.shape[0])
+    elif kind == "lokr":
+        w1, w2, alpha, w1a, w1b, w2a, w2b, t2, dora = (list(data) + [None] * 9)[:9]
+        rank = None
+        if w1 is None:
+            w1, rank = _low_rank(_f32(w1a, device), _f32(w1b, device), None), w1b.shape[0]
+        if w2 is None:
+            w2, rank = _low_rank(_f32(w2a, device), _f32(w2b, device), _f32(t2, device)), w2b.shape[0]
+        w1, w2 = _f32(w1, device), _f32(w2, device)
+        if w2.dim() == 4 and w1.dim() == 2:  # conv: the small factor spans channels only
+            w1 = w1[:, :, None, None]
+        delta = torch.kron(w1, w2)
+        scale = _scale(alpha, rank) if rank is not None else 1.0
+    else:
+        raise ValueError(f"patch for {key}: unknown patch kind {kind!r}")
+    if delta.numel() != _numel(shape):
+        raise ValueError(f"patch for {key}: {kind} makes {tuple(delta.shape)}, the weight is {tuple(shape)}")
+    return delta.reshape(shape) * scale, dora
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def _dora(w: torch.Tensor, delta: torch.Tensor, dora_scale: torch.Tensor, strength: float) -> torch.Tensor:
+    """DoRA: the patched weight rescaled so each channel's norm is `dora_scale`'s, blended by strength."""
+    calc = w + delta
+    out_dim = w.shape[0]
+    if dora_scale.numel() == out_dim and dora_scale.shape[0] == out_dim and out_dim != 1:
+        norm = calc.reshape(out_dim, -1).norm(dim=1).reshape(out_dim, *[1] * (w.dim() - 1))
+    else:  # per input channel, ComfyUI's weight_decompose
+        norm = calc.transpose(0, 1).reshape(w.shape[1], -1).norm(dim=1)
+        norm = norm.reshape(1, w.shape[1], *[1] * (w.dim() - 2))
+    calc = calc * (dora_scale.reshape(norm.shape) / norm)
+    if strength == 1.0:
+        return calc
+    return w.add_(calc - w, alpha=strength)
+
+
+def _slice_delta(key: str, data, w: torch.Tensor) -> torch.Tensor:
+    """Row block of the delta a patch makes on a stacked (or transposed) file weight."""
+    value, index, count, transposed = data
+    kind, inner = _kind(key, value)
+    file_shape = (w.shape[1], w.shape[0]) if transposed else (w.shape[0] * count, *w.shape[1:])
+    delta, dora = adapter_delta(key, kind, inner, file_shape, w.device)
+    if dora is not None:
+        raise NotImplementedError(f"patch for {key}: DoRA on a stacked open_clip weight is not supported")
+    if transposed:
+        delta = delta.t()
+    return delta.chunk(count)[index]
 
 
 def _copy_transformer_options(options: dict) -> dict:

@@ -27,6 +27,8 @@ BUILTIN_MODULES = [
     "nodes.model_patch_nodes",
     "nodes.gligen_nodes",
     "nodes.controlnet_nodes",
+    "nodes.lora_nodes",
+    "nodes.merge_nodes",
 ]
 
 

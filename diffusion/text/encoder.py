@@ -331,9 +331,11 @@ def _patch_part(key: str, value, index: int, count: int, transposed: bool):
     if kind == "diff":
         data = data.t() if transposed else data
         return "diff", data.chunk(count)[index]
-    if kind == "lora":
+    if kind == "lora" and all(x is None for x in data[3:]):
         up, down, *rest = data
         if transposed:
             up, down = down.t(), up.t()
         return "lora", (up.chunk(count)[index], down, *rest)
+    if kind in ("lora", "loha", "lokr"):  # not low-rank per block: the patcher slices the full delta
+        return "slice", (value, index, count, transposed)
     raise ValueError(f"patch for {key}: unsupported value {type(value).__name__}")
