@@ -23,6 +23,8 @@ BUILTIN_MODULES = [
     "nodes.image_ops",
     "nodes.mask_nodes",
     "nodes.custom_sampling",
+    "nodes.loader_nodes",
+    "nodes.batch_nodes",
 ]
 
 
