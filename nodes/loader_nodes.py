@@ -81,21 +81,16 @@ class LoadImageOutput:
 
     @classmethod
     def IS_CHANGED(cls, image):
-        digest = hashlib.sha256()
-        with open(output_image_path(image), "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        with open(output_image_path(image), "rb") as f:  # the content, as LoadImage: a rewrite re-runs
+            return hashlib.file_digest(f, "sha256").hexdigest()
 
     @classmethod
     def VALIDATE_INPUTS(cls, image):
         try:
-            path = output_image_path(image)
+            exists = os.path.isfile(output_image_path(image))
         except ValueError as e:
             return str(e)
-        if not os.path.isfile(path):
-            return f"Invalid image file: {image} (not in the output folder)"
-        return True
+        return True if exists else f"Invalid image file: {image} (not in the output folder)"
 
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = mappings(DiffusersLoader, LoadImageOutput)

@@ -29,10 +29,26 @@ def rel_err(ours, theirs) -> float:
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    base = tmp_path_factory.mktemp("diffusers_home")
-    with temporary_base(base):
-        yield base
+def pipelines(tmp_path_factory):
+    """arch -> Family, built on first use: the checkpoint in models/checkpoints, the pipeline saved
+    with save_pretrained in models/diffusers/tiny-<arch>. Yields (home, get)."""
+    home = tmp_path_factory.mktemp("diffusers_home")
+    built: dict = {}
+
+    def get(arch):
+        if arch not in built:
+            fam = build_family(arch, home / "models" / "checkpoints", seed=FAMILIES.index(arch))
+            fam.pipe.save_pretrained(home / "models" / "diffusers" / f"tiny-{arch}", safe_serialization=True)
+            built[arch] = fam
+        return built[arch]
+
+    with temporary_base(home):
+        yield home, get
+
+
+@pytest.fixture(scope="module")
+def home(pipelines):
+    return pipelines[0]
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +56,9 @@ def registry():
     return registry_with_capture()
 
 
-_BUILT: dict = {}
-
-
 @pytest.fixture(scope="module", params=FAMILIES)
-def family(request, home):
-    arch = request.param
-    if arch not in _BUILT:
-        fam = build_family(arch, home / "models" / "checkpoints", seed=FAMILIES.index(arch))
-        fam.pipe.save_pretrained(home / "models" / "diffusers" / f"tiny-{arch}", safe_serialization=True)
-        _BUILT[arch] = fam
-    return _BUILT[arch]
+def family(request, pipelines):
+    return pipelines[1](request.param)
 
 
 def _node(registry, name, **inputs):
@@ -148,17 +156,9 @@ def test_vae_and_prediction_equal_single_file(family, registry):
     assert rel_err(img_b, img_a) <= TOL
 
 
-def _family(arch, home):
-    if arch not in _BUILT:
-        fam = build_family(arch, home / "models" / "checkpoints", seed=FAMILIES.index(arch))
-        fam.pipe.save_pretrained(home / "models" / "diffusers" / f"tiny-{arch}", safe_serialization=True)
-        _BUILT[arch] = fam
-    return _BUILT[arch]
-
-
-def test_sd2_layers_count_from_the_full_tower(home, registry):
+def test_sd2_layers_count_from_the_full_tower(pipelines, registry):
     """diffusers' SD2 encoder lacks OpenCLIP-H's last layer; layer numbers still mean the full tower's."""
-    fam = _family("sd2", home)
+    fam = pipelines[1]("sd2")
     (_, clip_a, _), (_, clip_b, _) = _both(registry, fam)
     for n in (-2, -3):
         (a,) = _node(registry, "CLIPSetLastLayer", clip=clip_a, stop_at_clip_layer=n)
@@ -185,11 +185,12 @@ def _copy_pipeline(home, arch, name):
     return dst
 
 
-def test_bin_weights_load_weights_only(home, registry):
+def test_bin_weights_load_weights_only(pipelines, registry):
     """.bin components load through torch.load(weights_only=True); a pickle with code is refused."""
     from safetensors.torch import load_file
 
-    fam = _family("sd1", home)
+    home, get = pipelines
+    fam = get("sd1")
     dst = _copy_pipeline(home, "sd1", "tiny-sd1-bin")
     st = dst / "text_encoder" / "model.safetensors"
     torch.save(load_file(str(st)), str(dst / "text_encoder" / "pytorch_model.bin"))
@@ -207,10 +208,11 @@ def test_bin_weights_load_weights_only(home, registry):
         _node(registry, "DiffusersLoader", model_path="tiny-sd1-bin")
 
 
-def test_errors_name_folder_and_part(home, registry):
+def test_errors_name_folder_and_part(pipelines, registry):
     from diffusion.loading.files import CheckpointError
 
-    _family("sd1", home)
+    home, get = pipelines
+    get("sd1")
     dst = _copy_pipeline(home, "sd1", "tiny-sd1-broken")
     shutil.rmtree(dst / "unet")
     with pytest.raises(CheckpointError, match=r"tiny-sd1-broken.*no 'unet/' folder"):
