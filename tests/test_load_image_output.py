@@ -98,3 +98,18 @@ def test_object_info(registry):
     assert info["category"] == "image" and info["python_module"] == "nodes"
     assert info["display_name"] == "Load Image (from Outputs)"
     assert info["experimental"] is True and "deprecated" not in info
+
+
+def test_ui_workflow_converts(registry):
+    """A UI-format node stores the name, then the upload button's value (and a refresh one in newer
+    frontends); only the name is an input."""
+    from graph.workflow_formats import ui_to_api
+
+    for values in (["render.png [output]", "image", ""], ["render.png [output]"]):
+        ui = {"last_node_id": 2, "last_link_id": 1, "version": 0.4, "links": [[1, 1, 0, 2, 0, "IMAGE"]], "nodes": [
+            {"id": 1, "type": "LoadImageOutput", "inputs": [], "mode": 0, "widgets_values": values,
+             "outputs": [{"name": "IMAGE", "type": "IMAGE", "links": [1]}, {"name": "MASK", "type": "MASK", "links": []}]},
+            {"id": 2, "type": "PreviewImage", "inputs": [{"name": "images", "type": "IMAGE", "link": 1}],
+             "outputs": [], "widgets_values": [], "mode": 0}]}
+        api = ui_to_api(ui, registry.object_info_for)
+        assert api["1"]["inputs"] == {"image": "render.png [output]"}
