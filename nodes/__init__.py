@@ -29,6 +29,8 @@ BUILTIN_MODULES = [
     "nodes.controlnet_nodes",
     "nodes.lora_nodes",
     "nodes.merge_nodes",
+    "nodes.loader_nodes",
+    "nodes.batch_nodes",
 ]
 
 

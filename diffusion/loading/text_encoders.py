@@ -52,7 +52,8 @@ def text_model_from_state_dict(sd, activation: str, *, dtype=None, device="cpu",
     return model.requires_grad_(False).eval()
 
 
-def build_clip(arch: str, tower_sds: dict[str, dict], embedding_dirs, dtype, device, compute_dtype, where):
+def build_clip(arch: str, tower_sds: dict[str, dict], embedding_dirs, dtype, device, compute_dtype, where,
+               heads: dict[str, int] | None = None, missing_layers: dict[str, int] | None = None):
     device = torch.device(device) if device is not None else memory.get_torch_device()
     dtype = dtype or default_dtypes(device)[0]
     # Weights start on the CPU (no copy of memory-mapped tensors already in `dtype`); the patcher
@@ -60,11 +61,12 @@ def build_clip(arch: str, tower_sds: dict[str, dict], embedding_dirs, dtype, dev
     encoders = {
         spec.key: text_model_from_state_dict(
             tower_sds[spec.key], spec.activation, dtype=dtype, device="cpu",
-            where=f"{where} ({spec.key!r} text encoder)",
+            where=f"{where} ({spec.key!r} text encoder)", heads=(heads or {}).get(spec.key),
         )
         for spec in TOWERS[arch]
     }
-    return CLIP(arch, encoders, embedding_dirs, device=device, compute_dtype=compute_dtype)
+    return CLIP(arch, encoders, embedding_dirs, device=device, compute_dtype=compute_dtype,
+                missing_layers=missing_layers)
 
 
 def clip_from_state_dict(sd, arch: str, embedding_dirs=(), *, dtype=None, device=None, compute_dtype=None) -> CLIP:

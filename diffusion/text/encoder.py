@@ -104,7 +104,7 @@ class CLIP:
     """Text encoders of one model plus the prompt settings nodes change (clip skip)."""
 
     def __init__(self, arch: str, encoders: dict[str, ClipTextModel], embedding_dirs=(), *,
-                 device=None, compute_dtype=None):
+                 device=None, compute_dtype=None, missing_layers: dict[str, int] | None = None):
         if arch not in TOWERS:
             raise TextEncoderError(f"unknown CLIP architecture {arch!r}; expected one of {ARCHES}")
         missing = [s.key for s in TOWERS[arch] if s.key not in encoders]
@@ -122,6 +122,9 @@ class CLIP:
         self.dtype = next(iter(encoders.values())).token_embedding_weight.dtype
         self.compute_dtype = compute_dtype or default_dtypes(self.load_device)[1]
         self.layer_idx: int | None = None  # None: each tower's default output
+        # Top layers a tower's weights lack (diffusers' SD2 encoder stops one short of OpenCLIP-H):
+        # layer numbers still count the full tower, as in the single file (see `_output_layer`).
+        self.missing_layers = dict(missing_layers or {})
         self._lookups: dict[str, object] = {}
 
     # --- node-facing API (docs/contracts.md) ---------------------------------------------------------
@@ -223,9 +226,20 @@ class CLIP:
 
     def _output_layer(self, spec: TowerSpec, layers: int) -> int | None:
         n = spec.default_layer if self.layer_idx is None else self.layer_idx
-        if n is None or not -layers <= n < layers:
-            return None
-        return n
+        missing = self.missing_layers.get(spec.key, 0)
+        full = layers + missing
+        if n is None or not -full <= n < full:
+            n = None
+        if not missing:
+            return n
+        # Count from the full tower; a layer among the missing top ones cannot be computed here.
+        index = full - 1 if n is None else n % full
+        if index >= layers:
+            raise TextEncoderError(
+                f"CLIP layer {n if n is not None else -1} of the {spec.key!r} text encoder is not in its weights: "
+                f"they hold {layers} of the tower's {full} layers (a diffusers SD2 text encoder stops one "
+                f"short); choose layer {-1 - missing} or lower with CLIPSetLastLayer")
+        return index
 
     @torch.no_grad()
     def _encode_weighted(self, spec: TowerSpec, chunks: list, projected: bool = True):
