@@ -23,6 +23,7 @@ BUILTIN_MODULES = [
     "nodes.image_ops",
     "nodes.mask_nodes",
     "nodes.custom_sampling",
+    "nodes.upscale_nodes",
 ]
 
 
