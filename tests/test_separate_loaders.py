@@ -111,5 +111,8 @@ def test_unsupported_types_and_missing_files_are_named(split_home):
         DualCLIPLoader().execute("xl_clip_l.safetensors", "nope.safetensors", "sdxl")
     with pytest.raises(FileNotFoundError, match="unet_name 'nope.safetensors'.*diffusion_models"):
         UNETLoader().execute("nope.safetensors", "default")
+    save_file({"model.embed_tokens.weight": torch.zeros(8, 4)}, str(split_home / "models" / "text_encoders" / "qwen.safetensors"))
+    with pytest.raises(ValueError, match=r"qwen\.safetensors: no CLIP text model found"):
+        CLIPLoader().execute("qwen.safetensors", "stable_diffusion")  # e.g. Anima's Qwen3 encoder
     with pytest.raises(ValueError, match="weight_dtype must be one of"):
         UNETLoader().execute("sd1_unet.safetensors", "fp4")
