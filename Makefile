@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml Makefile
 	# Test-only reference: k-diffusion's samplers. Its declared dependencies (torchvision, wandb, …)
 	# would break our torch, and the tests load only its sampling module, so: no dependencies.
 	$(BIN)/python -m pip install --no-deps k-diffusion==0.1.1.post1
+	# Upscale models: spandrel declares torchvision, whose PyPI build breaks beside our torch. Only two
+	# of its architectures use it; we import spandrel with a stand-in for those names
+	# (diffusion/loading/upscale_models.py). Its real dependencies (einops, ...) are in pyproject.
+	$(BIN)/python -m pip install --no-deps spandrel==0.4.2
 	touch $(STAMP)
 
 setup: $(STAMP)

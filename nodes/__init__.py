@@ -31,6 +31,7 @@ BUILTIN_MODULES = [
     "nodes.merge_nodes",
     "nodes.loader_nodes",
     "nodes.batch_nodes",
+    "nodes.upscale_nodes",
 ]
 
 

@@ -25,6 +25,7 @@ from diffusion.loading.files import CheckpointError, read_state_dict
 from diffusion.loading.text_encoders import clip_from_state_dict, clip_from_text_encoder_files
 from diffusion.loading.vision import clip_vision_from_state_dict
 from diffusion.model_patcher import ModelPatcher
+from diffusion.models import weight_cast
 from diffusion.models.unet import UNetModel
 from diffusion.models.vae import VAE
 
@@ -140,12 +141,14 @@ def _to(t: torch.Tensor, dtype, device) -> torch.Tensor:
     return t.to(device) if t.device != torch.device(device) else t
 
 
-def _make_model(unet_sd, metadata, path, full_sd=None, prediction="auto", settings=None):
+def _make_model(unet_sd, metadata, path, full_sd=None, prediction="auto", settings=None, weight_dtype=None):
     config = _detect_config(unet_sd, metadata, path)
     pred = detect_prediction(unet_sd, config, metadata, full_sd, prediction)
     device = memory.unet_device(settings)
     dtype = memory.unet_dtype(device, settings, stored=_stored_dtype(unet_sd))
-    unet = build_unet(unet_sd, config, dtype, memory.offload_device(settings), path)
+    unet = build_unet(unet_sd, config, weight_dtype or dtype, memory.offload_device(settings), path)
+    if weight_dtype is not None and weight_dtype != dtype:
+        weight_cast.compute_in(unet, dtype)  # stored in weight_dtype (fp8), computed in dtype
     return ModelPatcher(unet, arch=config.arch, prediction=pred, load_device=device,
                         offload_device=memory.offload_device(settings), settings=settings)
 
@@ -206,10 +209,13 @@ def load_checkpoint(path, embedding_dirs=(), prediction: str = "auto", settings=
     return LoadedCheckpoint(model, clip, vae, model.arch, clip_vision)
 
 
-def load_unet(path, prediction: str = "auto", settings=None):
-    """MODEL from a UNet-only file (original layout, with or without 'model.diffusion_model.')."""
+def load_unet(path, prediction: str = "auto", settings=None, weight_dtype: torch.dtype | None = None):
+    """MODEL from a UNet-only file (original layout, with or without 'model.diffusion_model.').
+
+    `weight_dtype` (e.g. torch.float8_e4m3fn): store the weights in it and compute in the usual dtype.
+    """
     sd, metadata = read_state_dict(path)
-    return _make_model(_unet_part(sd, path), metadata, path, sd, prediction, settings)
+    return _make_model(_unet_part(sd, path), metadata, path, sd, prediction, settings, weight_dtype)
 
 
 def load_vae(path):

@@ -97,7 +97,9 @@ def read_safetensors(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, metadata
 
 
-def read_pickle(path) -> dict[str, torch.Tensor]:
+def load_pickle(path):
+    """The object a .ckpt/.pt/.pth/.bin file holds (tensors in plain containers), read with
+    `torch.load(weights_only=True)`; CheckpointError when torch refuses it or cannot read it."""
     path = Path(path)
     try:
         try:
@@ -112,6 +114,12 @@ def read_pickle(path) -> dict[str, torch.Tensor]:
                                         "load it (convert it to .safetensors)") from None
         raise CheckpointError(path, f"cannot be read as a PyTorch checkpoint ({type(e).__name__}: "
                                     f"{e}); truncated or corrupt?") from None
+    return obj
+
+
+def read_pickle(path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    obj = load_pickle(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):

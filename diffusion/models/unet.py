@@ -386,7 +386,8 @@ class UNetModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.out[2].weight.dtype
+        # compute_dtype: set where weights are stored in another dtype (diffusion/models/weight_cast.py)
+        return getattr(self, "compute_dtype", None) or self.out[2].weight.dtype
 
     def forward(self, x, timesteps, context, y=None, transformer_options=None, control=None):
         cfg = self.config
