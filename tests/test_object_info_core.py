@@ -122,11 +122,6 @@ EXTRAS_WITHOUT_ROW = r"""
 | SamplerDPMPP_SDE (nodes_custom_sampler) | sampling/custom_sampling/samplers | eta:FLOAT=1.0 (0.0..100.0, step 0.01); s_noise:FLOAT=1.0 (0.0..100.0, step 0.01); r:FLOAT=0.5 (0.0..100.0, step 0.01); noise_device:COMBO[gpu\|cpu] | SAMPLER |  |
 """
 
-# Being written on another branch right now (DiffusersLoader, LoadImageOutput: loaders; PreviewAny: the
-# command-line/format work). They stay in the table; until they are merged the test reports them missing.
-IN_PROGRESS = {"DiffusersLoader": "loaders branch", "LoadImageOutput": "loaders branch",
-               "PreviewAny": "cli-formats branch"}
-
 SCHEDULERS = "simple sgm_uniform karras exponential ddim_uniform beta normal linear_quadratic kl_optimal".split()
 OUR_SAMPLERS = ["plms"]  # ours, after ComfyUI's list (COMPAT §10)
 HIDDEN = {"PROMPT": "prompt", "EXTRA_PNGINFO": "extra_pnginfo", "UNIQUE_ID": "unique_id"}
@@ -174,7 +169,13 @@ def parse_input(text: str) -> dict:
     elif kind.startswith("COMBO⟨"):
         source = kind[6:-1]
         item["options"] = "SAMPLERS" if source.startswith("SAMPLERS") else (
-            "SCHEDULERS" if source.startswith("SCHEDULERS") else "files")
+            "SCHEDULERS" if source.startswith("SCHEDULERS") else (
+                "remote" if source.startswith("remote:") else "files"))
+        if source.startswith("remote:"):  # options the editor fetches: COMBO plus a remote spec
+            item["remote"] = source.split()[1]
+            folder = source.partition("image_folder:")[2].rstrip("}").strip()
+            if folder:
+                item["image_folder"] = folder
         if "image_upload" in source:
             item["flags"].add("image_upload")
     else:
@@ -256,6 +257,11 @@ def _check_input(where: str, spec, want: dict) -> None:
         assert kind == SCHEDULERS, f"{where}: scheduler names"
     elif options == "files":
         assert isinstance(kind, list), f"{where}: a file combo is a list, got {kind!r}"
+    elif options == "remote":
+        assert kind == "COMBO", f"{where}: a remote combo's type is 'COMBO', got {kind!r}"
+        assert opts.get("remote", {}).get("route") == want["remote"], f"{where}: remote {opts.get('remote')!r}"
+        if "image_folder" in want:
+            assert opts.get("image_folder") == want["image_folder"], f"{where}: image_folder"
     elif options is not None:
         assert kind == options, f"{where}: options {kind!r} != {options!r}"
     else:
@@ -271,15 +277,7 @@ def _check_input(where: str, spec, want: dict) -> None:
     assert bool(opts.get("image_upload")) == ("image_upload" in want["flags"]), f"{where}: image_upload"
 
 
-def _params():
-    for name in sorted(EXPECTED):
-        marks = ()
-        if name in IN_PROGRESS:
-            marks = pytest.mark.xfail(strict=True, reason=f"{name} is being written on the {IN_PROGRESS[name]}")
-        yield pytest.param(name, marks=marks)
-
-
-@pytest.mark.parametrize("class_type", _params())
+@pytest.mark.parametrize("class_type", sorted(EXPECTED))
 def test_object_info_equals_compat_row(class_type, info):
     want, got = EXPECTED[class_type], info[class_type]
     assert got is not None, f"{class_type} is not registered"

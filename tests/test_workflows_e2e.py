@@ -191,15 +191,16 @@ def _pixels(rgb: np.ndarray) -> torch.Tensor:
 
 def test_fixtures_are_what_make_fixtures_writes(registry):
     built = fx.build(registry.object_info_for)
-    assert sorted(built) == NAMES
-    for name in NAMES:
+    assert set(built) <= set(NAMES)  # other fixtures here come from the node families' own tests
+    for name in built:
         assert _load(name) == json.loads(json.dumps(built[name])), f"{name}: rerun make_fixtures.py"
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_fixture_links_and_slots_agree(registry, name):
     wf = _load(name)
-    assert wf["version"] == 0.4 and wf["last_node_id"] == max(n["id"] for n in wf["nodes"])
+    # the editor never reuses an id, so after deletions last_node_id may exceed the largest id left
+    assert wf["version"] == 0.4 and wf["last_node_id"] >= max(n["id"] for n in wf["nodes"])
     nodes = {n["id"]: n for n in wf["nodes"]}
     for link_id, origin, origin_slot, target, target_slot, kind in wf["links"]:
         out, inp = nodes[origin]["outputs"][origin_slot], nodes[target]["inputs"][target_slot]
