@@ -21,7 +21,7 @@ import torch
 
 from diffusion import memory
 from diffusion.loading.config import ConfigError, UNetConfig, detect_unet_config
-from diffusion.loading.files import CheckpointError, read_state_dict
+from diffusion.loading.files import CheckpointError, assign_weights, read_state_dict
 from diffusion.loading.text_encoders import clip_from_state_dict, clip_from_text_encoder_files
 from diffusion.loading.vision import clip_vision_from_state_dict
 from diffusion.model_patcher import ModelPatcher
@@ -124,14 +124,7 @@ def build_unet(unet_sd: dict, config: UNetConfig, dtype: torch.dtype, device, pa
     with torch.device("meta"):
         model = UNetModel(config)
     sd = {k: _to(v, dtype, device) for k, v in unet_sd.items()}
-    try:
-        result = model.load_state_dict(sd, strict=False, assign=True)
-    except RuntimeError as e:
-        raise CheckpointError(path, f"UNet weights do not fit the detected {config.arch} layout: "
-                                    f"{str(e).splitlines()[-1].strip()}") from None
-    if result.missing_keys:
-        raise CheckpointError(path, f"UNet is missing {len(result.missing_keys)} tensors, e.g. "
-                                    f"{result.missing_keys[:3]}; truncated export?")
+    assign_weights(model, sd, f"UNet ({config.arch})", path, hint="; truncated export?")
     return model.eval().requires_grad_(False)
 
 

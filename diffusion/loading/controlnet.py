@@ -22,7 +22,7 @@ import torch
 
 from diffusion import memory
 from diffusion.loading.config import ConfigError, detect_unet_config
-from diffusion.loading.files import CheckpointError, read_state_dict
+from diffusion.loading.files import CheckpointError, assign_weights, read_state_dict
 from diffusion.model_patcher import ModelPatcher
 from diffusion.models.controlnet import ControlNet, ControlNetModel
 from diffusion.models.t2i_adapter import T2IAdapter, T2IAdapterConfig, T2IAdapterModel
@@ -148,19 +148,11 @@ def detect_t2i_config(sd: dict, where: str = "state dict") -> T2IAdapterConfig:
 # Building
 
 def _assign(net: torch.nn.Module, sd: dict, what: str, where) -> list[str]:
-    """Make `sd` the parameters of `net` (built on the meta device); returns the unexpected keys."""
-    try:
-        result = net.load_state_dict(sd, strict=False, assign=True)
-    except RuntimeError as e:
-        raise CheckpointError(where, f"{what} weights do not fit the detected layout: "
-                                     f"{str(e).splitlines()[-1].strip()}") from None
-    if result.missing_keys:
-        raise CheckpointError(where, f"{what} is missing {len(result.missing_keys)} tensors, e.g. "
-                                     f"{result.missing_keys[:3]}")
-    if result.unexpected_keys:
-        log.warning("%s: %s ignores %d unexpected keys, e.g. %s", where, what, len(result.unexpected_keys),
-                    result.unexpected_keys[:3])
-    return list(result.unexpected_keys)
+    """assign_weights, with unexpected keys logged (adapter files often carry extras)."""
+    unexpected = assign_weights(net, sd, what, where)
+    if unexpected:
+        log.warning("%s: %s ignores %d unexpected keys, e.g. %s", where, what, len(unexpected), unexpected[:3])
+    return unexpected
 
 
 def _cast(sd: dict, dtype, device) -> dict:

@@ -146,3 +146,20 @@ def read_state_dict(path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if magic == b"PK":
         return read_pickle(path), {}
     return read_safetensors(path)
+
+
+def assign_weights(net: torch.nn.Module, sd: dict, what: str, where, hint: str = "") -> list[str]:
+    """Make the tensors of `sd` the parameters of `net` (built on the meta device, so nothing is copied).
+
+    A tensor whose shape does not fit, or a missing tensor, is a CheckpointError naming `what` (e.g.
+    "UNet") and the file; `hint` is added to the missing-tensor message. Returns the unexpected keys.
+    """
+    try:
+        result = net.load_state_dict(sd, strict=False, assign=True)
+    except RuntimeError as e:
+        raise CheckpointError(where, f"{what} weights do not fit the detected layout: "
+                                     f"{str(e).splitlines()[-1].strip()}") from None
+    if result.missing_keys:
+        raise CheckpointError(where, f"{what} is missing {len(result.missing_keys)} tensors, e.g. "
+                                     f"{result.missing_keys[:3]}{hint}")
+    return list(result.unexpected_keys)
