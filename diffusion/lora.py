@@ -25,17 +25,15 @@ import logging
 
 import torch
 
+from diffusion.loading.diffusers_layout import UNET_RESNET, UNET_TOP
 from diffusion.model_patcher import patch_error
 
 log = logging.getLogger(__name__)
 
 # --- the UNet: original (CompVis/SGM) names -> diffusers names -------------------------------------
 
-_RESNET = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj",
-           "out_layers.0": "norm2", "out_layers.3": "conv2", "skip_connection": "conv_shortcut"}
-_TOP = {"time_embed.0": "time_embedding.linear_1", "time_embed.2": "time_embedding.linear_2",
-        "label_emb.0.0": "add_embedding.linear_1", "label_emb.0.2": "add_embedding.linear_2",
-        "input_blocks.0.0": "conv_in", "out.0": "conv_norm_out", "out.2": "conv_out"}
+_RESNET = {original: diffusers for diffusers, original in UNET_RESNET.items()}
+_TOP = {original: diffusers for diffusers, original in UNET_TOP.items()}
 
 
 def _unet_blocks(config, names: set[str]) -> dict[str, tuple[str, bool]]:

@@ -22,6 +22,7 @@ import torch
 
 from diffusion import memory
 from diffusion.loading.config import ConfigError, detect_unet_config
+from diffusion.loading.diffusers_layout import UNET_RESNET, UNET_TOP
 from diffusion.loading.files import CheckpointError, assign_weights, read_state_dict
 from diffusion.model_patcher import ModelPatcher
 from diffusion.models.controlnet import ControlNet, ControlNetModel
@@ -32,13 +33,10 @@ log = logging.getLogger(__name__)
 CLDM_PREFIX = "control_model."
 DIFF_MARKER = "difference"
 
-# diffusers ResnetBlock2D names -> the original ResBlock's
-_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-           "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-_TOP = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
-        "time_embedding.linear_2": "time_embed.2", "add_embedding.linear_1": "label_emb.0.0",
-        "add_embedding.linear_2": "label_emb.0.2", "controlnet_mid_block": "middle_block_out.0",
-        "controlnet_cond_embedding.conv_in": "input_hint_block.0"}
+# diffusers ControlNetModel names -> cldm: the UNet's (its encoder half) plus the control-only layers
+_RESNET = UNET_RESNET
+_TOP = {**{k: v for k, v in UNET_TOP.items() if not k.startswith(("conv_norm_out", "conv_out"))},
+        "controlnet_mid_block": "middle_block_out.0", "controlnet_cond_embedding.conv_in": "input_hint_block.0"}
 _DIFFUSERS_BLOCK = re.compile(r"^(down_blocks|mid_block)\.(?:(\d+)\.)?(resnets|attentions|downsamplers)\.(\d+)\.(.*)$")
 
 

@@ -29,10 +29,11 @@ class LayoutError(ValueError):
     """A state dict that is not in diffusers' layout of the network asked for."""
 
 
-# ResBlock parameter names: diffusers -> original (shared by UNet and VAE where both have them)
-_UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
+# diffusers -> original UNet names, shared with the ControlNet loader and (inverted) the LoRA key map:
+# ResBlock parameters, and the top-level layers
+UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
                 "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-_UNET_TOP = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
+UNET_TOP = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
              "time_embedding.linear_2": "time_embed.2", "add_embedding.linear_1": "label_emb.0.0",
              "add_embedding.linear_2": "label_emb.0.2", "conv_norm_out": "out.0", "conv_out": "out.2"}
 _BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.(resnets|attentions|downsamplers|upsamplers)\.(\d+)\.(.+)$")
@@ -81,7 +82,7 @@ def unet_to_original(sd: dict) -> dict:
 
 
 def _unet_key(key: str, n: int, up_attention: set) -> str:
-    for src, dst in _UNET_TOP.items():
+    for src, dst in UNET_TOP.items():
         if key.startswith(src + "."):
             return dst + key[len(src):]
     m = _BLOCK.match(key)
@@ -91,7 +92,7 @@ def _unet_key(key: str, n: int, up_attention: set) -> str:
             # input_blocks.0 is conv_in; each level then has n ResBlock(+transformer) blocks and a Downsample
             first = 1 + level * (n + 1)
             if kind == "resnets":
-                return f"input_blocks.{first + j}.0.{_resnet(rest, _UNET_RESNET, key)}"
+                return f"input_blocks.{first + j}.0.{_resnet(rest, UNET_RESNET, key)}"
             if kind == "attentions":
                 return f"input_blocks.{first + j}.1.{rest}"
             if kind == "downsamplers" and rest.startswith("conv."):
@@ -99,7 +100,7 @@ def _unet_key(key: str, n: int, up_attention: set) -> str:
         else:
             first = level * (n + 1)  # n + 1 ResBlocks per level on the way up; the last one upsamples
             if kind == "resnets":
-                return f"output_blocks.{first + j}.0.{_resnet(rest, _UNET_RESNET, key)}"
+                return f"output_blocks.{first + j}.0.{_resnet(rest, UNET_RESNET, key)}"
             if kind == "attentions":
                 return f"output_blocks.{first + j}.1.{rest}"
             if kind == "upsamplers":
@@ -109,7 +110,7 @@ def _unet_key(key: str, n: int, up_attention: set) -> str:
     if m:
         kind, j, rest = m.group(1), int(m.group(2)), m.group(3)
         if kind == "resnets":
-            return f"middle_block.{2 * j}.{_resnet(rest, _UNET_RESNET, key)}"
+            return f"middle_block.{2 * j}.{_resnet(rest, UNET_RESNET, key)}"
         return f"middle_block.1.{rest}"
     raise LayoutError(f"diffusers UNet: no original name for '{key}'")
 
