@@ -26,7 +26,7 @@ import logging
 import torch
 
 from diffusion.loading.diffusers_layout import UNET_RESNET, UNET_TOP
-from diffusion.model_patcher import patch_error
+from diffusion.weight_patches import patch_error
 
 log = logging.getLogger(__name__)
 

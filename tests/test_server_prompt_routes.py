@@ -56,7 +56,13 @@ async def test_numbers_count_every_post_and_front_negates(client):
 
 async def test_queue_order_delete_and_clear(client):
     # A slow first prompt keeps the worker busy while we look at the pending list.
-    slow = await (await client.post("/prompt", json={"prompt": chain(1, steps=50, delay=0.02)})).json()
+    slow = await (await client.post("/prompt", json={"prompt": chain(1, steps=500, delay=0.02)})).json()
+    # The worker must hold the slow prompt before the others arrive, or "front" would overtake it.
+    for _ in range(500):
+        q = await (await client.get("/queue")).json()
+        if q["queue_running"]:
+            break
+        await asyncio.sleep(0.01)
     ids = [(await (await client.post("/prompt", json={"prompt": chain(i)})).json())["prompt_id"]
            for i in range(2, 5)]
     front = (await (await client.post("/prompt", json={"prompt": chain(9), "front": True})).json())["prompt_id"]
