@@ -4,7 +4,8 @@
     python main.py run WORKFLOW [options]    run a workflow headless (API/UI JSON or a PNG)
     python main.py convert WORKFLOW          print the API-format prompt of a UI JSON or PNG
 
-Device, precision and attention flags (--cpu, --force-fp32, --attention …) work with both.
+Device, precision, attention and custom-node flags (--cpu, --force-fp32, --attention,
+--disable-all-custom-nodes, --whitelist-custom-nodes …) work with all three.
 Only argument dispatch lives here; wiring.py builds what server/ and the headless runner are handed.
 """
 import sys
@@ -16,20 +17,25 @@ def main(argv=None) -> int:
 
     runtime, argv = runtime_options.parse(argv)
     runtime_options.apply(runtime)
+    packs = runtime_options.pack_options(runtime)
     if argv[:1] == ["run"]:
         from graph.cli import run_main
-        from nodes import folder_paths, load_registry
+        from nodes import folder_paths
+        from wiring import headless_registry_factory
 
-        return run_main(argv[1:], registry_factory=load_registry, folder_paths=folder_paths)
+        return run_main(argv[1:], registry_factory=headless_registry_factory(packs),
+                        folder_paths=folder_paths)
     if argv[:1] == ["convert"]:
         from graph.cli import convert_main
-        from nodes import load_registry
+        from wiring import headless_registry_factory
 
-        return convert_main(argv[1:], registry_factory=load_registry)
+        return convert_main(argv[1:], registry_factory=headless_registry_factory(packs))
+    import functools
+
     from server.app import serve_main
     from wiring import server_setup
 
-    return serve_main(argv, server_setup)
+    return serve_main(argv, functools.partial(server_setup, pack_options=packs))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""What main.py plugs together, in one place: the built-in node registry, the folder layout
+"""What main.py plugs together, in one place: the built-in node registry and the custom node packs
+loaded into it (their import report goes to the log and to GET /api/packs), the folder layout
 (--base-directory and friends, extra_model_paths.yaml) and the model housekeeping hooks, handed to
 server/ as a ServerContext; and the one-call Python API, `run_workflow`.
 
@@ -7,16 +8,19 @@ server/ as a ServerContext; and the one-call Python API, `run_workflow`.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
 from typing import Callable
 
 from nodes import folder_paths, load_registry
+from nodes.custom_packs import PackOptions, format_report, registry_with_packs
 from nodes.extra_model_paths import load_extra_model_paths
 from server.state import ServerContext
 
 ROOT = Path(__file__).resolve().parent
+log = logging.getLogger("latentgraph")
 
 
 def configure_folders(opts, folders) -> None:
@@ -54,16 +58,38 @@ def unload_models() -> None:
         memory.unload_all_models()
 
 
-def server_context(registry) -> ServerContext:
+def load_with_packs(registry_factory: Callable = load_registry,
+                    pack_options: PackOptions = PackOptions(), report=None) -> tuple:
+    """(registry, pack reports): the core registry plus the custom node packs of the configured
+    custom_nodes folders; the import-time report goes to `report` (default: the log)."""
+    registry, reports = registry_with_packs(registry_factory, folder_paths.get_folder_paths("custom_nodes"),
+                                            pack_options)
+    if reports:
+        (report or log.info)(format_report(reports))
+    return registry, reports
+
+
+def headless_registry_factory(pack_options: PackOptions = PackOptions()) -> Callable:
+    """`main.py run`/`convert`'s registry factory: packs loaded, their report on stderr."""
+    def factory():
+        return load_with_packs(load_registry, pack_options,
+                               report=lambda text: print(text, file=sys.stderr))[0]
+    return factory
+
+
+def server_context(registry, packs=()) -> ServerContext:
     """`registry` with the built-in folders and housekeeping hooks, as the server is handed them."""
-    return ServerContext(registry, folder_paths, unload_models=unload_models, after_prompt=after_prompt)
+    return ServerContext(registry, folder_paths, unload_models=unload_models, after_prompt=after_prompt,
+                         packs=tuple(r.as_dict() for r in packs))
 
 
-def server_setup(opts, registry_factory: Callable = load_registry) -> ServerContext:
+def server_setup(opts, registry_factory: Callable = load_registry,
+                 pack_options: PackOptions = PackOptions()) -> ServerContext:
     """serve_main's `setup`: folders first (bad ones fail before the registry imports the model
-    runtime, which takes seconds), then the registry and the metadata switch."""
+    runtime, which takes seconds), then the registry with the custom node packs, and the
+    metadata switch."""
     configure_folders(opts, folder_paths)
-    context = server_context(registry_factory())
+    context = server_context(*load_with_packs(registry_factory, pack_options))
     if opts.disable_metadata:
         from nodes import image_nodes
 

@@ -1,4 +1,4 @@
-"""Device, precision and attention flags shared by `main.py` (server) and `main.py run`.
+"""Device, precision, attention and custom-node flags shared by `main.py` (server) and `main.py run`.
 
 The names are ComfyUI's (COMPAT §11) so existing launch scripts keep working. They are parsed before
 the sub-command's own flags and applied to `diffusion.memory` once, at start-up.
@@ -10,6 +10,20 @@ import argparse
 VRAM_FLAGS = {"gpu_only": "gpu_only", "highvram": "high", "normalvram": "normal",
               "lowvram": "low", "novram": "none"}
 PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+SUB_COMMANDS = ("run", "convert")
+
+
+class _PackNames(argparse.Action):
+    """--whitelist-custom-nodes NAME...: argparse's nargs="+" would also swallow a sub-command
+    written after the names (`--whitelist-custom-nodes a run wf.json`); the names stop there and
+    the rest is handed back to parse(), which puts it in front of the sub-command's arguments."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        cut = next((i for i, v in enumerate(values) if v in SUB_COMMANDS), len(values))
+        setattr(namespace, self.dest, list(values[:cut]))
+        namespace.spilled_args = list(values[cut:])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,12 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--use-quad-cross-attention", dest="attention", action="store_const",
                      const="sliced")
     g.add_argument("--disable-xformers", action="store_true")
+    g = p.add_argument_group("custom nodes")
+    g.add_argument("--disable-all-custom-nodes", action="store_true",
+                   help="load no custom node pack (except those whitelisted)")
+    g.add_argument("--whitelist-custom-nodes", nargs="+", default=[], metavar="NAME", action=_PackNames,
+                   help="packs (file or folder names) that load despite --disable-all-custom-nodes")
     return p
 
 
 def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """Split argv into these options and everything else (left for the sub-command)."""
-    return build_parser().parse_known_args(argv)
+    opts, rest = build_parser().parse_known_args(argv)
+    spilled = getattr(opts, "spilled_args", [])
+    return opts, spilled + rest
+
+
+def pack_options(opts: argparse.Namespace):
+    """Which custom node packs may load (nodes.custom_packs.PackOptions)."""
+    from nodes.custom_packs import PackOptions
+
+    return PackOptions(disable_all=opts.disable_all_custom_nodes,
+                       whitelist=tuple(opts.whitelist_custom_nodes))
 
 
 def settings_changes(opts: argparse.Namespace) -> dict:

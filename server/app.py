@@ -65,7 +65,8 @@ def build_app(opts: ServerOptions, context: ServerContext, *, store: PromptStore
     if executor is None:
         executor = make_executor(context.registry, opts)
     state = ServerState(opts=opts, store=store, registry=context.registry,
-                        folder_paths=context.folder_paths, web_root=web_root)
+                        folder_paths=context.folder_paths, web_root=web_root,
+                        packs=context.packs)
     completions = run_api.Completions()
     state.completions = completions
     hub = Hub(lambda: {"exec_info": {"queue_remaining": store.queue_remaining()}},

@@ -1,4 +1,4 @@
-"""System routes: /system_stats, /features, /extensions, and the web root (/ and its files)."""
+"""System routes: /system_stats, /features, /extensions, /api/packs, and the web root (/ and its files)."""
 from __future__ import annotations
 
 import os
@@ -65,6 +65,11 @@ async def system_stats(request: web.Request):
                    "argv": sys.argv, "machine": platform.machine()},
         "devices": _devices(),
     })
+
+
+@routes.get("/api/packs", "Custom node packs: status, node classes, load time, error (ours)")
+async def packs(request: web.Request):
+    return json_response(list(state_of(request).packs))
 
 
 @routes.get("/features", "Server feature flags")

@@ -18,6 +18,7 @@ class ServerContext:
     folder_paths: Any              # the folder_paths module or a stand-in with its API
     unload_models: Optional[Callable[[], None]] = None  # POST /free, and after an out-of-memory error
     after_prompt: Optional[Callable[[], None]] = None   # model housekeeping between prompts
+    packs: tuple = ()              # custom node pack reports (dicts), for GET /api/packs
 
 
 @dataclass
@@ -30,6 +31,7 @@ class ServerState:
     worker: Any = None             # server.worker.PromptWorker
     completions: Any = None        # server.run_api.Completions
     web_root: str | None = None
+    packs: tuple = ()              # ServerContext.packs
     user_id: str = "default"
 
     def directory_for_type(self, kind: str) -> str | None:
