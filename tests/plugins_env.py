@@ -62,3 +62,31 @@ WEB_DIRECTORY = "./js"
 ''')
     write(root, f"{name}/js/ext.js", "// frontend extension\n")
     return root / name
+
+
+def saving_pack(root: Path, name: str = "saving_pack") -> Path:
+    """An output node that writes its INT into folder_paths' output directory (as packs do)."""
+    return write(root, f"{name}.py", '''
+import os
+
+import folder_paths
+
+
+class PackSaveInt:
+    CATEGORY = "pack"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"value": ("INT", {"default": 0})}}
+
+    def save(self, value):
+        with open(os.path.join(folder_paths.get_output_directory(), "pack_value.txt"), "w") as f:
+            f.write(str(value))
+        return {"ui": {"value": [value]}}
+
+
+NODE_CLASS_MAPPINGS = {"PackSaveInt": PackSaveInt}
+''')
