@@ -66,6 +66,10 @@ def load_with_packs(registry_factory: Callable = load_registry,
                                             pack_options)
     if reports:
         (report or log.info)(format_report(reports))
+    # The server serves these under /extensions/<pack>/ (a registry extra it reads when present).
+    web = {r.name: r.web_directory for r in reports if r.status == "OK" and r.web_directory}
+    if web:
+        registry.web_directories = {**(getattr(registry, "web_directories", None) or {}), **web}
     return registry, reports
 
 

@@ -4,20 +4,26 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-# A plain node class in ComfyUI's style (no @node): doubles an INT.
-DOUBLE = '''
-class Double:
+
+
+def int_node(class_name: str, expression: str) -> str:
+    """Source of a plain node class in ComfyUI's style (no @node): INT `value` -> INT `expression`."""
+    return f'''
+class {class_name}:
     CATEGORY = "pack"
     RETURN_TYPES = ("INT",)
     FUNCTION = "run"
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"value": ("INT", {"default": 1})}}
+        return {{"required": {{"value": ("INT", {{"default": 1}})}}}}
 
     def run(self, value):
-        return (value * 2,)
+        return ({expression},)
 '''
+
+
+DOUBLE = int_node("Double", "value * 2")
 
 
 def write(root: Path, rel: str, text: str) -> Path:
@@ -38,22 +44,8 @@ def package_pack(root: Path, name: str = "pkg_pack") -> Path:
     """A package whose __init__ reaches its nodes through relative imports (two levels)."""
     write(root, f"{name}/helpers/__init__.py", "")
     write(root, f"{name}/helpers/maths.py", "def triple(x):\n    return 3 * x\n")
-    write(root, f"{name}/nodes_impl.py", '''
-from .helpers.maths import triple
-
-
-class Triple:
-    CATEGORY = "pack"
-    RETURN_TYPES = ("INT",)
-    FUNCTION = "run"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"value": ("INT", {"default": 1})}}
-
-    def run(self, value):
-        return (triple(value),)
-''')
+    write(root, f"{name}/nodes_impl.py", "from .helpers.maths import triple\n"
+          + int_node("Triple", "triple(value)"))
     write(root, f"{name}/__init__.py", '''
 from .nodes_impl import Triple
 

@@ -48,6 +48,8 @@ async def test_api_packs_lists_status_classes_time_and_error(custom_nodes, aioht
     assert packs["broken"]["error"] == "missing module 'surely_not_installed_xyz'"
     info = await (await client.get("/object_info/PackTriple")).json()
     assert info["PackTriple"]["python_module"] == "custom_nodes.pkg_pack"
+    assert "/extensions/pkg_pack/ext.js" in await (await client.get("/extensions")).json()
+    assert await (await client.get("/extensions/pkg_pack/ext.js")).text() == "// frontend extension\n"
 
 
 def run_cli(custom_root, *argv):
