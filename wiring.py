@@ -17,6 +17,7 @@ from typing import Callable
 from nodes import folder_paths, load_registry
 from nodes.custom_packs import PackOptions, format_report, registry_with_packs
 from nodes.extra_model_paths import load_extra_model_paths
+from server.pack_api import PromptServer
 from server.state import ServerContext
 
 ROOT = Path(__file__).resolve().parent
@@ -84,7 +85,7 @@ def headless_registry_factory(pack_options: PackOptions = PackOptions()) -> Call
 def server_context(registry, packs=()) -> ServerContext:
     """`registry` with the built-in folders and housekeeping hooks, as the server is handed them."""
     return ServerContext(registry, folder_paths, unload_models=unload_models, after_prompt=after_prompt,
-                         packs=tuple(r.as_dict() for r in packs))
+                         packs=tuple(r.as_dict() for r in packs), pack_server=PromptServer.instance)
 
 
 def server_setup(opts, registry_factory: Callable = load_registry,

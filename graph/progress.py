@@ -96,6 +96,10 @@ class ProgressBar:
         if total is not None:
             self.total = int(total)
         self.current = min(int(value), self.total) if self.total else int(value)
+        self._emit(preview)
+
+    def _emit(self, preview) -> None:
+        # Overridden by comfy.utils.ProgressBar (compat/), which reports through ComfyUI's hook.
         report_progress(self.current, self.total, preview)
 
     def update(self, value: int) -> None:

@@ -18,7 +18,9 @@ that raises on import or has no NODE_CLASS_MAPPINGS is reported as failed.
 Packs import ComfyUI's module names. `folder_paths` is aliased to nodes.folder_paths (the same
 module object, so paths registered by a pack are ours too); `nodes` is our own package, which
 exports MAX_RESOLUTION and a lazily built NODE_CLASS_MAPPINGS of the core classes (nodes/__init__).
-The other ComfyUI modules (server, comfy.*, execution...) are not provided yet.
+`server` is our package (its PromptServer is server/pack_api.py); `comfy.utils` and
+`comfy.model_management` come from compat/, which is appended to sys.path (so it shadows nothing of
+ours) when packs load. Other ComfyUI modules (execution, comfy.sd...) are not provided yet.
 """
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ log = logging.getLogger(__name__)
 PRESTARTUP_SCRIPT = "prestartup_script.py"
 # ComfyUI module name -> our module that packs get when they import it.
 COMPAT_ALIASES = {"folder_paths": "nodes.folder_paths"}
+# compat/ sits next to nodes/ in the source tree and in an install (pyproject packages it).
+COMPAT_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "compat")
 
 
 @dataclass
@@ -111,6 +115,8 @@ def install_compat_modules() -> None:
     """Make ComfyUI's top-level module names that we provide importable by packs."""
     for alias, target in COMPAT_ALIASES.items():
         sys.modules.setdefault(alias, importlib.import_module(target))
+    if COMPAT_DIR not in sys.path:
+        sys.path.append(COMPAT_DIR)
 
 
 def _sys_module_name(path: str) -> str:

@@ -17,6 +17,7 @@ from . import jobs, routes_files, routes_prompt, routes_system, routes_user, run
 from .args import ArgsError, ServerOptions, parse_args
 from .errors import error_middleware, json_response, log
 from .openapi import build_openapi
+from .pack_api import add_pack_routes
 from .routing import Route, RouteTable
 from .security import make_security_middleware
 from .state import STATE, ServerContext, ServerState
@@ -90,11 +91,16 @@ def build_app(opts: ServerOptions, context: ServerContext, *, store: PromptStore
     app.router.add_get("/ws", hub.handle)
     app.router.add_get("/api/ws", hub.handle)
     app.router.add_get("/extensions/{name}/{path:.+}", routes_system.extension_file)
+    pack_server = context.pack_server
+    if pack_server is not None:  # before the catch-all web file route, which would shadow them
+        add_pack_routes(app.router, pack_server.routes)
     app.router.add_get("/", routes_system.web_file)
     app.router.add_get("/{path:.+}", routes_system.web_file)
 
     async def on_startup(app):
         await hub.start()
+        if pack_server is not None:
+            pack_server.attach(hub)
         await completions.start()
         interrupted = store.recover()
         if interrupted:
@@ -104,6 +110,8 @@ def build_app(opts: ServerOptions, context: ServerContext, *, store: PromptStore
 
     async def on_cleanup(app):
         worker.stop()
+        if pack_server is not None:
+            pack_server.detach(hub)
         await completions.stop()
         await hub.stop()
 

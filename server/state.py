@@ -19,6 +19,7 @@ class ServerContext:
     unload_models: Optional[Callable[[], None]] = None  # POST /free, and after an out-of-memory error
     after_prompt: Optional[Callable[[], None]] = None   # model housekeeping between prompts
     packs: tuple = ()              # custom node pack reports (dicts), for GET /api/packs
+    pack_server: Any = None        # server.pack_api.PromptServer: its routes served, the hub attached
 
 
 @dataclass
