@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.object_info_checks import assert_required_inputs
 from tests.sdnodes_env import temporary_base
 
 STRENGTH = ("strength", "FLOAT", 1.0, 0.0, 10.0, 0.01)
@@ -43,17 +44,10 @@ def test_object_info_matches_comfyui(class_type, info):
     assert got["output"] == outputs and got["output_name"] == names
     assert got["output_is_list"] == [False] * len(outputs) and got["output_node"] is False
     assert got.get("deprecated", False) is deprecated
-    assert got["input_order"]["required"] == [i[0] for i in inputs]
     assert got["input_order"].get("optional", []) == optional
     if optional:
         assert got["input"]["optional"] == {"vae": ["VAE"]}
-    for name, kind, default, lo, hi, step in inputs:
-        spec = got["input"]["required"][name]
-        opts = spec[1] if len(spec) > 1 else {}
-        assert spec[0] == kind, f"{class_type}.{name} type/options"
-        for key, want in (("default", default), ("min", lo), ("max", hi), ("step", step)):
-            if want is not None:
-                assert opts.get(key) == want and type(opts[key]) is type(want), f"{class_type}.{name} {key}"
+    assert_required_inputs(got, class_type, inputs)
 
 
 def test_controlnet_files_are_listed_from_both_folders(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.object_info_checks import assert_required_inputs
 from tests.sdnodes_env import temporary_base
 
 R = 16384
@@ -94,15 +95,8 @@ def test_object_info_matches_comfyui(class_type, info):
     assert (got["category"], got["python_module"]) == (category, module)
     assert got["output"] == outputs and got["output_is_list"] == [False] * len(outputs)
     assert got["output_node"] is output_node
-    assert got["input_order"]["required"] == [i[0] for i in inputs]
     assert got["input_order"].get("optional", []) == optional
-    for name, kind, default, lo, hi, step in inputs:
-        spec = got["input"]["required"][name]
-        opts = spec[1] if len(spec) > 1 else {}
-        assert spec[0] == kind, f"{class_type}.{name} type/options"
-        for key, want in (("default", default), ("min", lo), ("max", hi), ("step", step)):
-            if want is not None:
-                assert opts.get(key) == want and type(opts[key]) is type(want), f"{class_type}.{name} {key}"
+    assert_required_inputs(got, class_type, inputs)
     if output_node:
         assert got["input"]["hidden"] == {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
     if class_type in DISPLAY:
